@@ -1,0 +1,1 @@
+"""Pure-numpy core: prompts, preprocessing, caching, masks, labels, metrics, export."""
