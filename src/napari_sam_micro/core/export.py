@@ -1,0 +1,270 @@
+"""Save and load label images (TIFF, 16-bit PNG, NumPy) with the object table as CSV beside them.
+
+Every write is atomic: data goes to a temporary file in the destination folder, which replaces
+the destination with ``os.replace`` only once it is complete. If anything fails (including
+Ctrl+C) the temporary files are removed and any earlier file is left untouched, so a crash never
+leaves a half-written or lost annotation.
+
+Formats (chosen from the suffix)
+--------------------------------
+* ``.tif`` / ``.tiff``: any dimensionality, zlib-compressed, ``uint16`` (``uint32`` when ids
+  exceed 65535).
+* ``.png``: 2D only, ``uint16`` (ids up to 65535).
+* ``.npy``: any dimensionality, dtype kept.
+
+The table (``dict`` of columns, or a pandas DataFrame) is written to ``<stem>.csv`` in the same
+folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserInputError
+
+__all__ = ["SUFFIXES", "write_labels", "read_labels", "read_table", "write_table", "table_path"]
+
+#: Suffixes :func:`write_labels` understands.
+SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+
+
+def table_path(path) -> Path:
+    """``<folder>/<stem>.csv`` for an image path."""
+    path = Path(path)
+    return path.with_name(path.stem + ".csv")
+
+
+def _check_labels(labels) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise UserInputError(f"Only label images (whole numbers) can be saved here, got data of type {arr.dtype}.")
+    if arr.size and arr.min() < 0:
+        raise UserInputError("The labels contain negative values; label ids must be 0 (background) or positive.")
+    return arr
+
+
+def _write_tiff(fh, labels: np.ndarray) -> None:
+    import tifffile
+
+    top = int(labels.max()) if labels.size else 0
+    if top > np.iinfo(np.uint32).max:
+        raise UserInputError(f"Label ids up to {top} do not fit a TIFF label image (max 4294967295).")
+    dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
+    tifffile.imwrite(fh, labels.astype(dtype, copy=False), compression="zlib")
+
+
+def _write_png(fh, labels: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    iio.imwrite(fh, labels.astype(np.uint16, copy=False), extension=".png")
+
+
+def _check_png(labels: np.ndarray) -> None:
+    if labels.ndim != 2:
+        raise UserInputError(
+            f"PNG holds a single 2D image, but these labels have {labels.ndim} dimensions "
+            f"{tuple(labels.shape)}. Save as TIFF (.tif) instead."
+        )
+    top = int(labels.max()) if labels.size else 0
+    if top > np.iinfo(np.uint16).max:
+        raise UserInputError(f"PNG holds label ids up to 65535, but the largest id is {top}. Save as TIFF (.tif) instead.")
+
+
+def _write_npy(fh, labels: np.ndarray) -> None:
+    np.save(fh, labels, allow_pickle=False)
+
+
+#: Writer per suffix: ``writer(binary_file, labels)``.
+_WRITERS: dict[str, Callable] = {".tif": _write_tiff, ".tiff": _write_tiff, ".png": _write_png, ".npy": _write_npy}
+
+
+def _write_temp(path: Path, write: Callable) -> str:
+    """Call ``write(binary_file)`` on a new temporary file next to ``path``; returns its name.
+
+    The temporary file is removed if ``write`` fails (any exception, Ctrl+C included).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:  # a named file object: tifffile wants .name to be a path
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp creates 0600; give the result the old file's mode or an ordinary 0644.
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            mode = 0o644
+        os.chmod(tmp, mode)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """Write ``path`` through a temporary file and ``os.replace``."""
+    _commit([(_write_temp(path, write), path)])
+
+
+def _commit(pairs: list[tuple[str, Path]]) -> None:
+    """``os.replace`` every temporary file onto its destination; on failure remove what is left."""
+    done = 0
+    try:
+        for tmp, dest in pairs:
+            os.replace(tmp, dest)
+            done += 1
+    except BaseException:
+        for tmp, _ in pairs[done:]:
+            _remove(tmp)
+        raise
+
+
+def _table_columns(table) -> dict[str, list]:
+    if hasattr(table, "columns") and hasattr(table, "to_dict"):  # pandas DataFrame (not imported)
+        return {str(c): list(table[c]) for c in table.columns}
+    if isinstance(table, Mapping):
+        cols = {str(c): list(v) for c, v in table.items()}
+    else:
+        raise TypeError(f"table must be a dict of columns or a DataFrame, got {type(table).__name__}")
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"table columns have different lengths: {sorted(lengths)}")
+    return cols
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "nan" if math.isnan(v) else repr(float(v))
+    return str(v)
+
+
+def _csv_text(cols: dict[str, list]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(list(cols))
+    n = len(next(iter(cols.values()))) if cols else 0
+    for i in range(n):
+        writer.writerow([_cell(v[i]) for v in cols.values()])
+    return buf.getvalue()
+
+
+def write_table(csv_path, table) -> Path:
+    """Write a table (dict of columns or DataFrame) to CSV atomically; returns the path."""
+    csv_path = Path(csv_path)
+    data = _csv_text(_table_columns(table)).encode("utf-8")
+    _atomic_write(csv_path, lambda fh: fh.write(data))
+    return csv_path
+
+
+def write_labels(path, labels, table=None) -> list[Path]:
+    """Write a label image (and its object table) atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination; the suffix (``.tif``, ``.tiff``, ``.png``, ``.npy``) picks the format.
+    labels : array-like
+        Integer (or bool) label image, 0 = background.
+    table : dict of columns or pandas.DataFrame, optional
+        Per-object table, written to ``<stem>.csv`` beside the image.
+
+    Returns
+    -------
+    list of Path
+        The files written (image first).
+
+    Raises
+    ------
+    UserInputError
+        Unknown suffix, missing folder, non-integer labels, or labels PNG cannot hold.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _WRITERS:
+        raise UserInputError(f"Cannot save labels as '{suffix or path.name}': use one of {', '.join(SUFFIXES)}.")
+    if not path.parent.is_dir():
+        raise UserInputError(f"The folder {path.parent} does not exist.")
+    arr = _check_labels(labels)
+    if suffix == ".png":
+        _check_png(arr)
+    csv_bytes = None
+    if table is not None:
+        csv_bytes = _csv_text(_table_columns(table)).encode("utf-8")
+    writer = _WRITERS[suffix]
+    # Both files are complete on disk before either replaces an old one.
+    pairs = [(_write_temp(path, lambda fh: writer(fh, arr)), path)]
+    if csv_bytes is not None:
+        csv_path = table_path(path)
+        try:
+            pairs.append((_write_temp(csv_path, lambda fh: fh.write(csv_bytes)), csv_path))
+        except BaseException:
+            _remove(pairs[0][0])
+            raise
+    _commit(pairs)
+    return [dest for _, dest in pairs]
+
+
+def read_labels(path) -> np.ndarray:
+    """Read a label image written by :func:`write_labels` (format from the suffix)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    if suffix == ".png":
+        import imageio.v3 as iio
+
+        return iio.imread(path, extension=".png")
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    raise UserInputError(f"Cannot read labels from '{suffix or path.name}': use one of {', '.join(SUFFIXES)}.")
+
+
+def _parse_column(values: list[str]) -> np.ndarray:
+    try:
+        return np.array([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        pass
+    try:
+        return np.array([float(v) if v != "" else np.nan for v in values], dtype=np.float64)
+    except ValueError:
+        return np.array(values, dtype=object)
+
+
+def read_table(csv_path) -> dict[str, np.ndarray]:
+    """Read a CSV written by :func:`write_labels` into ``{column: array}``.
+
+    Integer columns come back ``int64``, numeric ones ``float64`` (empty cells → NaN), others as
+    ``object`` arrays of ``str``.
+    """
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return {}
+    header, body = rows[0], rows[1:]
+    return {name: _parse_column([r[i] for r in body]) for i, name in enumerate(header)}

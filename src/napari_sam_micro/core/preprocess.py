@@ -1,0 +1,308 @@
+"""Turn any microscopy plane into the ``(H, W, 3)`` ``float32`` ``[0, 1]`` image SAM encodes.
+
+Rules
+-----
+* **Grey 2D** (``uint8``, ``uint16``, other ints, floats, bool): per-image percentile stretch
+  (``config.percentiles``, default 1 % – 99.8 %), clipped to ``[0, 1]`` and replicated to 3
+  channels. Percentiles use finite values only, so NaN / inf pixels neither shift the range nor
+  survive (they become 0). A single hot pixel (e.g. 65535 in a uint16 image) does not squash the
+  image. If the two percentiles coincide (a mostly flat image) the finite min / max is used; a
+  constant image becomes all zeros; an image without a finite value raises :class:`ImageError`.
+* **RGB(A)** (``config.rgb``, last axis 3 or 4): ``uint8`` is divided by 255 (no stretch, SAM was
+  trained on 8-bit photographs); other dtypes are stretched per channel. Alpha is dropped.
+* **Multichannel** (``config.channel_axis`` set): ``config.channels`` picks up to three channels
+  (all of them when there are at most three), each stretched on its own, then
+  1 channel → grey (replicated), 2 channels → ``(c0, c1, (c0 + c1) / 2)`` (the mean keeps
+  structures of either channel visible in every SAM input channel), 3 channels → RGB. More than
+  three channels without a choice raises :class:`ImageError` asking the user to pick.
+* **Speed**: for planes larger than :data:`PERCENTILE_MAX_SAMPLES` pixels the percentiles are
+  computed on a regular strided subsample (every ``s``-th row and column, ``s`` chosen so that
+  about that many pixels are used); the normalisation itself is applied to every pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ImageError
+
+__all__ = [
+    "PreprocessConfig",
+    "PERCENTILE_MAX_SAMPLES",
+    "normalize_image",
+    "normalize_channel",
+    "plane_from_nd",
+    "prompt_window",
+]
+
+#: Above this many pixels, percentiles are computed on a strided subsample.
+PERCENTILE_MAX_SAMPLES = 1 << 22
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a plane is normalised (part of the embedding cache key).
+
+    Parameters
+    ----------
+    percentiles : (float, float)
+        Lower and upper percentile of the intensity stretch, ``0 <= lo < hi <= 100``.
+    channels : tuple of int, optional
+        Channels to use (indices along ``channel_axis``), at most three.
+    channel_axis : int, optional
+        Axis of the image handed to :func:`normalize_image` that holds channels (``-1`` for the
+        planes returned by :func:`plane_from_nd`).
+    rgb : bool
+        The image is RGB(A) with channels on the last axis (napari's ``Image.rgb``).
+    """
+
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    channels: tuple[int, ...] | None = None
+    channel_axis: int | None = None
+    rgb: bool = False
+
+    def __post_init__(self):
+        lo, hi = (float(p) for p in self.percentiles)
+        if not (0.0 <= lo < hi <= 100.0):
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        object.__setattr__(self, "percentiles", (lo, hi))
+        if self.channels is not None:
+            chans = tuple(int(c) for c in self.channels)
+            if not 1 <= len(chans) <= 3:
+                raise ImageError(f"Choose between one and three channels (got {len(chans)}).")
+            object.__setattr__(self, "channels", chans)
+        if self.channel_axis is not None:
+            object.__setattr__(self, "channel_axis", int(self.channel_axis))
+        object.__setattr__(self, "rgb", bool(self.rgb))
+
+    def key(self) -> str:
+        """Stable text identifying this configuration (used in cache keys)."""
+        lo, hi = self.percentiles
+        chans = "all" if self.channels is None else ",".join(map(str, self.channels))
+        axis = "none" if self.channel_axis is None else str(self.channel_axis)
+        return f"pct={lo!r}-{hi!r};ch={chans};axis={axis};rgb={int(self.rgb)}"
+
+
+def _sample(channel: np.ndarray) -> np.ndarray:
+    n = channel.size
+    if n <= PERCENTILE_MAX_SAMPLES:
+        return channel
+    step = int(math.ceil(math.sqrt(n / PERCENTILE_MAX_SAMPLES)))
+    return channel[::step, ::step]
+
+
+def normalize_channel(channel: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
+    """Percentile-stretch one 2D channel to ``float32`` in ``[0, 1]`` (rules in the module docstring).
+
+    Parameters
+    ----------
+    channel : (H, W) array
+        Any real dtype or bool.
+    percentiles : (float, float)
+
+    Returns
+    -------
+    (H, W) float32
+    """
+    channel = np.asarray(channel)
+    if channel.dtype == bool:
+        channel = channel.astype(np.uint8)
+    if not (np.issubdtype(channel.dtype, np.integer) or np.issubdtype(channel.dtype, np.floating)):
+        raise ImageError(f"Images of type {channel.dtype} cannot be segmented; convert to a number type.")
+    is_float = np.issubdtype(channel.dtype, np.floating)
+    sample = _sample(channel)
+    if is_float:
+        finite_sample = sample[np.isfinite(sample)]
+        if finite_sample.size == 0 and sample is not channel:
+            finite_sample = channel[np.isfinite(channel)]
+        if finite_sample.size == 0:
+            raise ImageError("The image has no valid pixel values (all NaN or infinite).")
+    else:
+        finite_sample = sample.ravel()
+    finite_sample = finite_sample.astype(np.float64, copy=False)
+    lo, hi = np.percentile(finite_sample, percentiles)
+    if not hi > lo:
+        lo, hi = float(finite_sample.min()), float(finite_sample.max())
+        if sample is not channel:
+            vals = channel[np.isfinite(channel)] if is_float else channel
+            lo, hi = float(vals.min()), float(vals.max())
+    if not hi > lo:
+        return np.zeros(channel.shape, np.float32)
+    # float32 is exact for <= 16-bit data (and float32 input); wider types use float64 so that
+    # large offsets (e.g. int32 counts around 1e7) keep their precision.
+    if channel.dtype.itemsize <= 2 or channel.dtype == np.float32:
+        out = channel.astype(np.float32)
+        out -= np.float32(lo)
+        out *= np.float32(1.0 / (hi - lo))
+    else:
+        out = ((channel.astype(np.float64) - lo) * (1.0 / (hi - lo))).astype(np.float32)
+    np.clip(out, 0.0, 1.0, out=out)
+    if is_float:
+        out[~np.isfinite(channel)] = 0.0
+    return out
+
+
+def _stack3(chans: list[np.ndarray]) -> np.ndarray:
+    if len(chans) == 1:
+        return np.repeat(chans[0][:, :, None], 3, axis=2)
+    if len(chans) == 2:
+        mean = (chans[0] + chans[1]) * np.float32(0.5)
+        return np.stack([chans[0], chans[1], mean], axis=2)
+    return np.stack(chans[:3], axis=2)
+
+
+def normalize_image(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
+    """Normalise one 2D plane (grey, RGB(A) or multichannel) for SAM.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(H, W)`` grey; ``(H, W, 3|4)`` with ``config.rgb``; or 3D with ``config.channel_axis``.
+    config : PreprocessConfig, optional
+        Defaults to ``PreprocessConfig()``.
+
+    Returns
+    -------
+    (H, W, 3) float32
+        Values in ``[0, 1]``, C-contiguous.
+
+    Raises
+    ------
+    ImageError
+        Wrong dimensionality, no finite value, more than three channels without a choice.
+    """
+    config = config or PreprocessConfig()
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ImageError("The image is empty (zero pixels).")
+    pct = config.percentiles
+    if config.channel_axis is not None:
+        if image.ndim != 3:
+            raise ImageError(
+                f"Expected a 2D image with a channel axis (3 dimensions), got {image.ndim} dimensions."
+            )
+        data = np.moveaxis(image, config.channel_axis, -1)
+        n = data.shape[-1]
+        chans = config.channels
+        if chans is None:
+            if n > 3:
+                raise ImageError(
+                    f"The image has {n} channels; SAM uses at most three. Pick the channels to segment on."
+                )
+            chans = tuple(range(n))
+        bad = [c for c in chans if not -n <= c < n]
+        if bad:
+            raise ImageError(f"Channel {bad[0]} does not exist: the image has {n} channels (0–{n - 1}).")
+        out = _stack3([normalize_channel(data[..., c], pct) for c in chans])
+    elif config.rgb:
+        if image.ndim != 3 or image.shape[-1] not in (3, 4):
+            raise ImageError(f"An RGB image must be (height, width, 3 or 4), got shape {image.shape}.")
+        rgb = image[..., :3]
+        if rgb.dtype == np.uint8:
+            out = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+        else:
+            out = _stack3([normalize_channel(rgb[..., c], pct) for c in range(3)])
+    elif image.ndim == 2:
+        out = _stack3([normalize_channel(image, pct)])
+    else:
+        raise ImageError(
+            f"Expected a 2D image plane, got shape {image.shape}. Choose a single plane (slice), "
+            "mark the layer as RGB, or set the channel axis."
+        )
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def plane_from_nd(data, index=(), rgb: bool = False, channel_axis: int | None = None) -> np.ndarray:
+    """Extract one 2D plane (plus channels) from an nD image.
+
+    Parameters
+    ----------
+    data : array-like
+        nD image (numpy, dask or zarr; only the plane is read). Axes: leading axes (t, z …),
+        then ``(row, col)``, then the RGB axis when ``rgb``; ``channel_axis`` may be anywhere.
+    index : tuple of int
+        Position along the leading (non-channel) axes, in order. Extra trailing entries (e.g.
+        napari's full ``dims.current_step``) are ignored.
+    rgb : bool
+        The last axis is RGB(A).
+    channel_axis : int, optional
+        Axis of ``data`` holding channels.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)``, or ``(H, W, C)`` with channels (RGB or ``channel_axis``) moved **last**: pass
+        ``channel_axis=-1`` (or ``rgb=True``) to :func:`normalize_image`.
+    """
+    ndim = len(data.shape)
+    axes = list(range(ndim))
+    if channel_axis is not None:
+        channel_axis = channel_axis % ndim
+        axes.remove(channel_axis)
+    if rgb:
+        axes.remove(ndim - 1)
+    spatial = axes[-2:]
+    leading = axes[:-2]
+    if len(spatial) < 2:
+        raise ImageError(f"The image (shape {tuple(data.shape)}) has fewer than two spatial dimensions.")
+    index = tuple(int(i) for i in index)
+    if len(index) < len(leading):
+        raise ValueError(f"index {index} needs one entry per leading axis ({len(leading)})")
+    sel: list = [slice(None)] * ndim
+    for ax, i in zip(leading, index):
+        if not -data.shape[ax] <= i < data.shape[ax]:
+            raise ImageError(f"Plane {i} does not exist along axis {ax} (size {data.shape[ax]}).")
+        sel[ax] = i
+    plane = np.asarray(data[tuple(sel)])
+    if channel_axis is not None:
+        # Position of the channel axis among the kept axes.
+        kept = [ax for ax in range(ndim) if ax not in leading]
+        plane = np.moveaxis(plane, kept.index(channel_axis), -1)
+    return plane
+
+
+def prompt_window(prompt, image_hw, scale: float = 2.0, min_size: int = 64) -> tuple[int, int, int, int]:
+    """Square window around a prompt, for crop-and-upscale segmentation of small objects.
+
+    Parameters
+    ----------
+    prompt : array-like
+        A box ``(4,)`` ``(x0, y0, x1, y1)`` or points ``(N, 2)`` ``(x, y)`` (SAM order).
+    image_hw : (int, int)
+        ``(H, W)`` of the image.
+    scale : float
+        Window side = ``scale`` × the longer side of the prompt's bounding box.
+    min_size : int
+        Minimum window side in pixels.
+
+    Returns
+    -------
+    (y0, y1, x0, x1) : int
+        Half-open window ``image[y0:y1, x0:x1]`` centred on the prompt, shifted (not shrunk) to
+        stay inside the image, and never larger than the image.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    p = np.asarray(prompt, dtype=np.float64)
+    if p.shape == (4,):
+        x0, y0, x1, y1 = p
+    else:
+        p = p.reshape(-1, 2)
+        if p.shape[0] == 0:
+            raise ValueError("prompt_window needs a box or at least one point")
+        x0, y0 = p.min(axis=0)
+        x1, y1 = p.max(axis=0)
+    side = max(float(min_size), scale * max(x1 - x0, y1 - y0))
+    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
+
+    def span(center: float, size: int) -> tuple[int, int]:
+        length = int(min(size, math.ceil(side)))
+        start = int(math.floor(center + 0.5 - length / 2.0))
+        start = min(max(start, 0), size - length)
+        return start, start + length
+
+    ya, yb = span(cy, h)
+    xa, xb = span(cx, w)
+    return ya, yb, xa, xb
