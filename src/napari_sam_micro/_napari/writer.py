@@ -1,0 +1,68 @@
+"""npe2 writers for Labels layers: TIFF, 16-bit PNG and NumPy, each with the object table as CSV.
+
+napari calls these with ``(path, data, meta)`` when a Labels layer is saved with
+``File > Save Selected Layers…`` (choosing "SAM Micro labels …") or
+``viewer.layers.save(path, plugin="napari-sam-micro")``. ``meta`` is the layer state; its
+``"features"`` (the per-object table: id, area, predicted IoU, stability, prompt, bounding box) is
+written as ``<path stem>.csv`` beside the image by :func:`napari_sam_micro.core.export.write_labels`,
+which also chooses the integer type (TIFF ``uint16``, or ``uint32`` when ids exceed 65535,
+compressed), writes atomically (never a half-written file) and refuses PNG for non-2D labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .features import frame_to_table, table_to_frame
+
+__all__ = ["write_labels_tiff", "write_labels_png", "write_labels_npy", "layer_table"]
+
+
+def layer_table(meta: dict) -> dict[str, np.ndarray] | None:
+    """The object table in a layer's ``meta`` (``meta["features"]``) as ``core``'s column dict.
+
+    Returns None when there is no table (no features, or features without an ``"index"`` column
+    that napari fills in for plain layers).
+    """
+    features = (meta or {}).get("features")
+    if features is None or len(features) == 0 or "index" not in features:
+        return None
+    return frame_to_table(table_to_frame(features))
+
+
+def _labels_array(data: Any) -> np.ndarray:
+    if isinstance(data, (list, tuple)):  # multiscale: full resolution only
+        data = data[0]
+    return np.asarray(data)
+
+
+def _write(path: str, data: Any, meta: dict, suffixes: tuple[str, ...]) -> list[str]:
+    from ..core.export import write_labels
+
+    target = Path(path)
+    if target.suffix.lower() not in suffixes:
+        target = target.with_name(target.name + suffixes[0])
+    written = write_labels(target, _labels_array(data), table=layer_table(meta))
+    if written is None:
+        written = [target]
+    elif isinstance(written, (str, Path)):
+        written = [written]
+    return [str(p) for p in written]
+
+
+def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
+    """Write labels as a compressed TIFF (+ CSV object table); returns the paths written."""
+    return _write(path, data, meta, (".tif", ".tiff"))
+
+
+def write_labels_png(path: str, data: Any, meta: dict) -> list[str]:
+    """Write 2D labels as a 16-bit PNG (+ CSV object table); returns the paths written."""
+    return _write(path, data, meta, (".png",))
+
+
+def write_labels_npy(path: str, data: Any, meta: dict) -> list[str]:
+    """Write labels as a NumPy ``.npy`` file (+ CSV object table); returns the paths written."""
+    return _write(path, data, meta, (".npy",))

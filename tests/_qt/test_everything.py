@@ -1,0 +1,197 @@
+"""EverythingWidget: one model run, instant re-filtering, one output layer, undo, cancel."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+pytest.importorskip("segment_anything")
+
+from napari.components import ViewerModel  # noqa: E402
+
+from napari_sam_micro._qt.everything import (  # noqa: E402
+    EverythingWidget,
+    find_everything_layer,
+    labels_from_result,
+    write_plane_labels,
+)
+from napari_sam_micro.models import registry  # noqa: E402
+
+RUN_TIMEOUT_MS = 120_000
+
+
+class CountingModel:
+    """Wraps a PromptableModel and counts calls into it."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode(self, image):
+        self.calls += 1
+        return self._inner.encode(image)
+
+    def decode(self, *args, **kwargs):
+        self.calls += 1
+        return self._inner.decode(*args, **kwargs)
+
+    def upscale(self, *args, **kwargs):
+        self.calls += 1
+        return self._inner.upscale(*args, **kwargs)
+
+
+@pytest.fixture
+def counting_model():
+    """A registered 'counting-tiny' model: the tiny test SAM behind a call counter."""
+    built = []
+    tiny = registry.get_spec("tiny-test")
+
+    def build(checkpoint, device):
+        model = CountingModel(tiny.builder(checkpoint, "cpu"))
+        built.append(model)
+        return model
+
+    registry.register(dataclasses.replace(tiny, name="counting-tiny", display_name="Counting tiny", builder=build))
+    yield built
+    registry.unregister("counting-tiny")
+
+
+def _image(shape=(64, 80)):
+    image = np.full(shape, 200, dtype=np.uint16)
+    image[..., 8:28, 10:30] = 3000
+    image[..., 36:58, 40:72] = 1800
+    return image
+
+
+def _widget(qtbot, viewer):
+    widget = EverythingWidget(viewer, model="counting-tiny")
+    qtbot.addWidget(widget)
+    widget.points_spin.setValue(8)
+    # The random-weight model's scores are low: start with the score filters off.
+    widget.iou_slider.setValue(0.0)
+    widget.stability_slider.setValue(0.0)
+    return widget
+
+
+def _run(qtbot, widget):
+    worker = widget.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.is_busy(), timeout=RUN_TIMEOUT_MS)
+
+
+def test_run_writes_instance_labels_and_refilters_without_the_model(qtbot, counting_model):
+    viewer = ViewerModel()
+    viewer.add_image(_image(), name="cells")
+    widget = _widget(qtbot, viewer)
+    n_layers = len(viewer.layers)
+    _run(qtbot, widget)
+
+    layer = widget.output_layer
+    assert layer is not None and layer in viewer.layers and len(viewer.layers) == n_layers + 1
+    assert find_everything_layer(viewer, "cells", (64, 80)) is layer
+    assert widget.result is not None and len(widget.result) > 0
+    expected, table = labels_from_result(widget.result)
+    np.testing.assert_array_equal(layer.data, expected)
+    ids = np.unique(layer.data)
+    ids = ids[ids > 0]
+    features = layer.features
+    assert features["index"].tolist() == ids.tolist()
+    for column in ("area", "predicted_iou", "stability_score", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"):
+        assert column in features
+    assert features["area"].tolist() == [int((layer.data == i).sum()) for i in ids]
+    np.testing.assert_allclose(features["predicted_iou"], table["predicted_iou"], rtol=1e-6)
+    # Overlaps were resolved by score: ids are ordered by decreasing predicted IoU.
+    assert np.all(np.diff(features["predicted_iou"].to_numpy()) <= 1e-7)
+
+    model = counting_model[0]
+    calls = model.calls
+    assert calls > 0
+    before = layer.data.copy()
+    n_before = len(widget.result)
+
+    # Instant re-filter: fewer objects with strict duplicate removal, no model call, same layer.
+    widget.nms_slider.setValue(0.05)
+    qtbot.waitUntil(lambda: len(widget.result) < n_before, timeout=5000)
+    assert model.calls == calls
+    assert widget.output_layer is layer and len(viewer.layers) == n_layers + 1
+    np.testing.assert_array_equal(layer.data, labels_from_result(widget.result)[0])
+    assert layer.features["index"].tolist() == sorted(set(np.unique(layer.data)) - {0})
+
+    widget.nms_slider.setValue(0.7)
+    qtbot.waitUntil(lambda: len(widget.result) == n_before, timeout=5000)
+    np.testing.assert_array_equal(layer.data, before)
+
+    # A min-area filter removes the smallest objects; the replacement is one undo step.
+    smallest = int(layer.features["area"].min())
+    widget.min_area_spin.setValue(smallest + 1)
+    qtbot.waitUntil(lambda: smallest not in layer.features["area"].tolist(), timeout=5000)
+    assert model.calls == calls
+    assert not np.array_equal(layer.data, before)
+    assert (layer.data[before == 0] == 0).all()  # only removed, nothing added
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+
+    # A new run (cached embedding) writes into the same layer.
+    _run(qtbot, widget)
+    assert widget.output_layer is layer and len(viewer.layers) == n_layers + 1
+
+
+def test_thresholds_below_the_run_floor_ask_for_a_new_run(qtbot, counting_model):
+    viewer = ViewerModel()
+    viewer.add_image(_image(), name="cells")
+    widget = _widget(qtbot, viewer)
+    widget.iou_slider.setValue(0.6)
+    widget.stability_slider.setValue(0.6)
+    _run(qtbot, widget)
+    assert widget.candidates is not None and widget.candidates.iou_floor == pytest.approx(0.5)
+    widget.iou_slider.setValue(0.2)
+    qtbot.waitUntil(lambda: "again" in widget.status.text(), timeout=5000)
+    widget.points_spin.setValue(9)
+    assert "again" in widget.status.text()
+
+
+def test_cancel_leaves_labels_untouched(qtbot, counting_model):
+    viewer = ViewerModel()
+    viewer.add_image(_image(), name="cells")
+    widget = _widget(qtbot, viewer)
+    widget.points_spin.setValue(32)
+    worker = widget.run()
+    with qtbot.waitSignal(worker.aborted, timeout=RUN_TIMEOUT_MS):
+        widget.cancel()
+    qtbot.waitUntil(lambda: not widget.is_busy(), timeout=RUN_TIMEOUT_MS)
+    assert widget.output_layer is None and widget.candidates is None
+    assert [type(layer).__name__ for layer in viewer.layers] == ["Image"]
+    assert widget.run_button.isEnabled()
+
+
+def test_run_without_an_image_explains(qtbot, counting_model):
+    widget = _widget(qtbot, ViewerModel())
+    assert widget.run() is None
+    assert "image" in widget.status.text().lower()
+
+
+def test_write_plane_labels_keeps_ids_unique_across_planes():
+    viewer = ViewerModel()
+    layer = viewer.add_labels(np.zeros((3, 6, 6), dtype=np.uint32))
+    plane = np.zeros((6, 6), dtype=np.uint32)
+    plane[0:2, 0:2] = 1
+    plane[3:5, 3:5] = 2
+    table = {"index": [1, 2], "area": [4, 4], "predicted_iou": [0.9, 0.8]}
+    assert write_plane_labels(layer, (1,), plane, table).tolist() == [1, 2]
+    ids = write_plane_labels(layer, (0,), plane, table)
+    assert ids.tolist() == [3, 4]  # above the ids of plane 1
+    assert set(np.unique(layer.data[0])) == {0, 3, 4}
+    assert layer.features["index"].tolist() == [1, 2, 3, 4]
+    # Re-writing plane 1 with one object replaces its objects and their rows.
+    single = np.where(plane == 1, 1, 0).astype(np.uint32)
+    write_plane_labels(layer, (1,), single, {"index": [1], "area": [4], "predicted_iou": [0.95]})
+    assert set(np.unique(layer.data[1])) == {0, 5}
+    assert layer.features["index"].tolist() == [3, 4, 5]
+    assert layer.features.set_index("index").loc[5, "predicted_iou"] == 0.95
