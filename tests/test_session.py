@@ -1,0 +1,276 @@
+"""AnnotationSession: embeddings (cached, stale-safe), prompts → masks, commit plans (tiny random model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_micro.core.cache import EmbeddingCache
+from napari_sam_micro.core.errors import ImageError, PromptError, UserInputError
+from napari_sam_micro.core.preprocess import PreprocessConfig
+from napari_sam_micro.core.progress import Progress, drain
+from napari_sam_micro.core.prompts import Prompts
+from napari_sam_micro.session import AnnotationSession, EmbeddingNotReady
+
+
+class CountingModel:
+    """Wraps a PromptableModel and counts encoder / decoder calls (and what they got)."""
+
+    def __init__(self, model):
+        self._model = model
+        self.name = model.name
+        self.image_size = model.image_size
+        self.mask_threshold = model.mask_threshold
+        self.device = model.device
+        self.encoded_shapes: list[tuple] = []
+        self.decode_calls: list[dict] = []
+
+    def encode(self, image):
+        self.encoded_shapes.append(tuple(image.shape))
+        return self._model.encode(image)
+
+    def decode(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True):
+        self.decode_calls.append(
+            {
+                "points": None if point_coords is None else np.array(point_coords),
+                "boxes": None if boxes is None else np.array(boxes),
+                "mask_input": mask_input is not None,
+                "multimask": multimask_output,
+            }
+        )
+        return self._model.decode(embedding, point_coords, point_labels, boxes, mask_input, multimask_output)
+
+    def upscale(self, embedding, low_res_logits):
+        return self._model.upscale(embedding, low_res_logits)
+
+
+def _image(seed=0, shape=(120, 160)):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(1000, 50, shape)
+    img[30:70, 40:90] += 2000  # a bright object
+    return img.astype(np.uint16)
+
+
+@pytest.fixture
+def model(tiny_model):
+    return CountingModel(tiny_model)
+
+
+@pytest.fixture
+def session(model):
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=False)
+    s.set_image(_image())
+    return s
+
+
+def test_embedding_job_yields_progress_and_is_cached(session, model):
+    reports = []
+    generation = session.generation
+    emb = drain(session.embedding_job(), reports.append)
+    assert all(isinstance(r, Progress) for r in reports) and len(reports) >= 2
+    assert emb.original_size == (120, 160)
+    assert session.accept_embedding(emb, generation)
+    assert session.embedding is emb
+    assert model.encoded_shapes == [(120, 160, 3)]
+    # same image + model again: cache hit, no encoder call
+    again = drain(session.embedding_job())
+    assert again is emb
+    assert len(model.encoded_shapes) == 1
+
+
+def test_cache_hit_for_a_new_session_on_the_same_image_and_model(model):
+    cache = EmbeddingCache()
+    first = AnnotationSession(model, cache)
+    first.set_image(_image())
+    emb = first.compute_embedding()
+    second = AnnotationSession(model, cache)
+    got = []
+    second.embedding_changed.connect(got.append)
+    second.set_image(_image())  # same content, new array
+    assert second.embedding is emb and got == [emb]
+    assert len(model.encoded_shapes) == 1
+    # other content or other preprocessing: a new embedding is needed
+    second.set_image(_image(seed=1))
+    assert second.embedding is None
+    second.set_image(_image(), PreprocessConfig(percentiles=(0.5, 99.5)))
+    assert second.embedding is None
+
+
+def test_stale_embedding_is_dropped_when_the_image_changes_mid_way(session, model):
+    generation = session.generation
+    job = session.embedding_job()
+    next(job)  # started
+    session.set_image(_image(seed=5))  # the user switched images
+    emb = drain(job)
+    assert emb.original_size == (120, 160)
+    assert not session.accept_embedding(emb, generation)
+    assert session.embedding is None
+    # a fresh job for the new image is accepted
+    generation = session.generation
+    assert session.accept_embedding(drain(session.embedding_job()), generation)
+
+
+def test_reset_makes_a_running_job_stale(session):
+    generation = session.generation
+    emb = drain(session.embedding_job())
+    session.reset()
+    assert not session.accept_embedding(emb, generation)
+
+
+def test_predict_needs_the_embedding(session):
+    with pytest.raises(EmbeddingNotReady) as info:
+        session.predict(Prompts([[60, 50]], [1]))
+    assert info.value.windows == [None]
+
+
+def test_predict_single_point_multimask_then_refine(session, model):
+    session.compute_embedding()
+    previews = []
+    session.preview_changed.connect(previews.append)
+    first = session.predict(Prompts([[60, 50]], [1]))
+    assert len(first.objects) == 1
+    obj = first.objects[0]
+    assert obj.mask.shape == (120, 160) and obj.mask.dtype == bool
+    assert obj.kind == "points"
+    assert 0.0 <= obj.stability <= 1.0
+    assert obj.low_res_logits.shape == (1, 256, 256)
+    assert model.decode_calls[-1]["multimask"] and not model.decode_calls[-1]["mask_input"]
+    # adding a negative point refines with the previous logits, single-mask output
+    second = session.predict(Prompts([[60, 50], [10, 10]], [1, 0]))
+    assert model.decode_calls[-1]["mask_input"] and not model.decode_calls[-1]["multimask"]
+    assert previews == [first, second] and session.preview is second
+    # a point moved (not added): no refinement
+    session.predict(Prompts([[62, 50]], [1]))
+    assert not model.decode_calls[-1]["mask_input"]
+
+
+def test_point_coordinates_reach_the_decoder_in_xy_order(session, model):
+    session.compute_embedding()
+    session.predict(Prompts([[150.0, 20.0]], [1]))  # x = 150 (column), y = 20 (row)
+    np.testing.assert_allclose(model.decode_calls[-1]["points"], [[[150.0, 20.0]]])
+
+
+def test_several_boxes_are_decoded_in_one_batched_call(session, model):
+    session.compute_embedding()
+    boxes = [[10, 10, 50, 40], [80, 20, 150, 100], [5, 60, 30, 110]]
+    before = len(model.decode_calls)
+    pred = session.predict(Prompts(boxes_xyxy=boxes))
+    assert len(model.decode_calls) == before + 1
+    np.testing.assert_allclose(model.decode_calls[-1]["boxes"], np.asarray(boxes, np.float32))
+    assert [o.kind for o in pred.objects] == ["box"] * 3
+    assert pred.masks.shape == (3, 120, 160)
+    labels = pred.label_image()
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_box_with_points_is_one_object(session):
+    session.compute_embedding()
+    pred = session.predict(Prompts([[60, 50]], [1], [[40, 30, 90, 70]]))
+    assert [o.kind for o in pred.objects] == ["box+points"]
+
+
+def test_bad_prompts_raise_prompt_errors(session):
+    session.compute_embedding()
+    with pytest.raises(PromptError):
+        session.predict(Prompts())
+    with pytest.raises(PromptError):
+        session.predict(Prompts([[10, 10]], [0]))  # only negative points
+
+
+def test_crop_to_prompt_encodes_a_window_and_pastes_back(model):
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    s.set_image(_image(shape=(300, 400)))
+    prompts = Prompts([[200, 150]], [1])
+    missing = s.missing_embeddings(prompts)
+    assert len(missing) == 1 and missing[0] is not None
+    y0, y1, x0, x1 = missing[0]
+    assert y1 - y0 == 64 and x1 - x0 == 64 and y0 <= 150 < y1 and x0 <= 200 < x1
+    with pytest.raises(EmbeddingNotReady):
+        s.predict(prompts)
+    drain(s.embeddings_job(missing))
+    assert model.encoded_shapes[-1] == (64, 64, 3)
+    pred = s.predict(prompts)
+    obj = pred.objects[0]
+    assert obj.window == missing[0]
+    assert obj.mask.shape == (300, 400)
+    outside = np.ones_like(obj.mask)
+    outside[y0:y1, x0:x1] = False
+    assert not obj.mask[outside].any()
+    # the decoder saw the point relative to the window
+    np.testing.assert_allclose(model.decode_calls[-1]["points"], [[[200 - x0, 150 - y0]]])
+    # a second point near the first keeps the window (cached crop, refinement)
+    n_encoded = len(model.encoded_shapes)
+    pred2 = s.predict(Prompts([[200, 150], [205, 152]], [1, 1]))
+    assert pred2.objects[0].window == missing[0]
+    assert len(model.encoded_shapes) == n_encoded
+    assert model.decode_calls[-1]["mask_input"]
+
+
+def test_commit_plan_uses_next_free_ids_and_keeps_existing_labels(session):
+    session.compute_embedding()
+    pred = session.predict(Prompts(boxes_xyxy=[[10, 10, 60, 60], [70, 10, 150, 110]]))
+    labels = np.zeros((120, 160), np.uint16)
+    labels[0:40, 0:40] = 7
+    plan = session.commit_plan(labels, overwrite=False)
+    assert [item.label_id for item in plan] == list(range(8, 8 + len(plan)))
+    painted = np.zeros_like(labels)
+    for item in plan:
+        assert not (labels[item.indices] != 0).any()  # only background is painted
+        assert not (painted[item.indices] != 0).any()  # objects of one commit do not overlap
+        painted[item.indices] = item.label_id
+        assert item.row["index"] == item.label_id
+        assert item.row["area"] == item.indices[0].size
+        assert item.row["prompt"] == "box"
+        assert item.row["predicted_iou"] == pytest.approx(pred.objects[item.object_index].predicted_iou)
+    assert labels is not None and (labels[0:40, 0:40] == 7).all()  # not modified
+
+
+def test_commit_plan_overwrite_and_nd_indices(session):
+    session.compute_embedding()
+    pred = session.predict(Prompts(boxes_xyxy=[[0, 0, 159, 119]]))
+    mask = pred.objects[0].mask
+    assert mask.any()
+    labels = np.zeros((3, 120, 160), np.uint32)
+    labels[1][mask] = 4
+    (keep,) = session.commit_plan(labels, overwrite=True, leading=(1,)) or (None,)
+    assert keep is not None and keep.label_id == 5
+    assert len(keep.indices) == 3 and (keep.indices[0] == 1).all()
+    assert keep.indices[1].size == mask.sum()
+    assert session.commit_plan(labels, overwrite=False, leading=(1,)) == []
+
+
+def test_commit_plan_without_preview_or_with_full_dtype(session):
+    with pytest.raises(PromptError):
+        session.commit_plan(np.zeros((120, 160), np.uint8))
+    session.compute_embedding()
+    session.predict(Prompts(boxes_xyxy=[[10, 10, 60, 60]]))
+    full = np.zeros((120, 160), np.uint8)
+    full[0, 0] = 255
+    with pytest.raises(UserInputError):
+        session.commit_plan(full)
+
+
+def test_set_image_rejects_non_planes(session):
+    with pytest.raises(ImageError):
+        session.set_image(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ImageError):
+        session.set_image(np.zeros(10))
+
+
+def test_points_as_boxes_for_box_only_models(model):
+    """A click on a box-only model becomes one batched decode of candidate boxes around it."""
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True, points_as_boxes=True)
+    s.set_image(_image(shape=(300, 400)))
+    prompts = Prompts([[200, 150], [230, 150]], [1, 0])
+    drain(s.embeddings_job(s.missing_embeddings(prompts)))
+    pred = s.predict(prompts)
+    call = model.decode_calls[-1]
+    assert call["points"] is None and call["boxes"].shape == (7, 4)
+    y0, y1, x0, x1 = pred.objects[0].window
+    centre = (call["boxes"][:, :2] + call["boxes"][:, 2:]) / 2
+    # boxes are centred on the positive point (window frame) unless clipped by the window
+    unclipped = (call["boxes"][:, 0] > 0) & (call["boxes"][:, 2] < x1 - x0 - 1)
+    np.testing.assert_allclose(centre[unclipped, 0], 200 - x0)
+    sides = call["boxes"][unclipped, 2] - call["boxes"][unclipped, 0]
+    assert np.all(np.diff(sides) > 0)  # growing candidates
+    assert pred.objects[0].kind == "points" and pred.objects[0].mask.shape == (300, 400)
