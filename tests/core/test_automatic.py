@@ -165,7 +165,9 @@ def test_refilter_needs_no_model_run_and_equals_a_fresh_run(tiny_model, image):
     assert len(refiltered) < len(candidates.filter())
     for a, b in zip(refiltered.to_sam_records(), fresh.to_sam_records()):
         np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
-        assert a["predicted_iou"] == b["predicted_iou"]
+        # ``model`` takes the generic numpy path, ``tiny_model`` the two-phase decoder (another
+        # summation order): float32 rounding only
+        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-6)
 
 
 def test_filter_refuses_what_needs_a_model_run(tiny_model, image):

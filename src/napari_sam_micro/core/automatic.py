@@ -298,9 +298,10 @@ class BatchResult:
 BatchFunction = Callable[[PromptableModel, Embedding, np.ndarray, BatchSettings], BatchResult]
 
 _FAST_PATHS: list[tuple[Any, BatchFunction]] = []
+_BATCH_SIZES: dict[Any, Callable[[Any], int]] = {}
 
 
-def register_fast_path(key, fn: BatchFunction) -> None:
+def register_fast_path(key, fn: BatchFunction, batch_size: Callable[[Any], int] | None = None) -> None:
     """Register a faster per-batch function for a family of models.
 
     Parameters
@@ -310,8 +311,13 @@ def register_fast_path(key, fn: BatchFunction) -> None:
     fn : callable
         Same contract and results as :func:`process_batch_numpy`. A later registration for the
         same key replaces the earlier one.
+    batch_size : callable, optional
+        ``batch_size(model) -> int``: points per call that suit ``fn`` (used when
+        ``AmgParams.points_per_batch`` is None; speed and memory only, never the result).
     """
     unregister_fast_path(key)
+    if batch_size is not None:
+        _BATCH_SIZES[fn] = batch_size
     _FAST_PATHS.insert(0, (key, fn))
 
 
@@ -954,9 +960,12 @@ def _check_image(image) -> np.ndarray:
     return image
 
 
-def _batch_size(model, params: AmgParams) -> int:
+def _batch_size(model, params: AmgParams, process=None) -> int:
     if params.points_per_batch is not None:
         return int(params.points_per_batch)
+    preferred = _BATCH_SIZES.get(process)
+    if preferred is not None:
+        return max(1, int(preferred(model)))
     return 16 if str(getattr(model, "device", "cpu")).startswith("cpu") else 256
 
 
@@ -1019,8 +1028,8 @@ def generate_candidates(
         point_grid(int(params.points_per_side / (params.crop_n_points_downscale_factor**layer)))
         for layer in range(params.crop_n_layers + 1)
     ]
-    batch = _batch_size(model, params)
     process = (find_fast_path(model) if use_fast_path else None) or process_batch_numpy
+    batch = _batch_size(model, params, process)
     if cache is not None and cache_key is None:
         from .cache import content_digest, embedding_key
 

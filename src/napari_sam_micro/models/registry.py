@@ -183,8 +183,11 @@ def load_model_job(
     ModelUnavailableError
         Unknown model, unavailable device, failed download, missing package or unreadable checkpoint.
     """
+    from . import avoid_llvm_clash
     from .checkpoints import ensure_checkpoint_job
     from .device import choose_device
+
+    avoid_llvm_clash()  # before torch is first imported: the viewer's OpenGL may be loaded by now
 
     spec = get_spec(name)
     device = choose_device(device)

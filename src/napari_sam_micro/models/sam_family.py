@@ -194,3 +194,8 @@ class SamAdapter(SamFamilyAdapter):
         input_size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
         features = self.net.image_encoder(self.net.preprocess(tensor))
         return features, input_size
+
+
+# Automatic mask generation uses a two-phase decoder for every SamFamilyAdapter: importing the
+# module registers it with core.automatic (it needs SamFamilyAdapter, defined above).
+from . import automatic_fastpath as _automatic_fastpath  # noqa: E402,F401
