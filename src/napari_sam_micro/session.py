@@ -238,6 +238,22 @@ class AnnotationSession:
         self._embedding: Embedding | None = None
         self._preview: Prediction | None = None
 
+    @staticmethod
+    def options_for(spec) -> dict:
+        """Keyword options that follow from a model's registry spec (one rule for every caller).
+
+        Parameters
+        ----------
+        spec : napari_sam_micro.models.registry.ModelSpec
+            Its ``crop_to_prompt`` and ``point_prompts`` decide how prompts are decoded.
+
+        Returns
+        -------
+        dict
+            ``crop_to_prompt`` and ``points_as_boxes``, for the constructor or :meth:`set_model`.
+        """
+        return {"crop_to_prompt": bool(spec.crop_to_prompt), "points_as_boxes": not spec.point_prompts}
+
     # -- state ---------------------------------------------------------------------------
     @property
     def model(self) -> PromptableModel:
@@ -330,12 +346,21 @@ class AnnotationSession:
         self._digest = None
         self._bump()
 
-    def set_model(self, model: PromptableModel, *, crop_to_prompt: bool | None = None, model_id: str | None = None) -> None:
+    def set_model(
+        self,
+        model: PromptableModel,
+        *,
+        crop_to_prompt: bool | None = None,
+        model_id: str | None = None,
+        points_as_boxes: bool | None = None,
+    ) -> None:
         """Switch model (the plane stays; its embedding for the new model may be cached)."""
         self._model = model
         self._model_id = model_id or model.name
         if crop_to_prompt is not None:
             self.crop_to_prompt = bool(crop_to_prompt)
+        if points_as_boxes is not None:
+            self.points_as_boxes = bool(points_as_boxes)
         self._bump()
         self._adopt_cached()
 

@@ -423,14 +423,11 @@ class AnnotatorWidget(QWidget):
         index, config = self._target()
         spec = get_spec(self.model_name())
         model_id = self._model_id()
+        options = AnnotationSession.options_for(spec)
         if self.session is None:
-            self.session = AnnotationSession(
-                model, self.state.cache, config, crop_to_prompt=spec.crop_to_prompt, model_id=model_id
-            )
+            self.session = AnnotationSession(model, self.state.cache, config, model_id=model_id, **options)
         elif self.session.model is not model or self.session.model_id != model_id:
-            self.session.set_model(model, crop_to_prompt=spec.crop_to_prompt, model_id=model_id)
-        # box-only models (LiteMedSAM) get clicks as candidate boxes (see AnnotationSession)
-        self.session.points_as_boxes = bool(getattr(spec, "point_prompts", spec.family != "litemedsam")) is False
+            self.session.set_model(model, model_id=model_id, **options)
         key = (id(self._image_layer), index, config)
         if key != self._plane_key or not self.session.has_image:
             plane = plane_data(self._image_layer, self._geometry, index)

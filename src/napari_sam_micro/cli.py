@@ -1,0 +1,155 @@
+"""Command line: ``napari-sam-micro evaluate`` and ``napari-sam-micro metrics``.
+
+::
+
+    napari-sam-micro evaluate --model micro-tiny --data ../shared/data --split val --limit 5 --json out.json
+    napari-sam-micro metrics gt_labels.tif pred_labels.tif --json
+
+``evaluate`` prompts every ground-truth object as a simulated user (see
+:mod:`napari_sam_micro.evaluation`) and prints a table of mean IoU per prompt kind and modality,
+with the untrained LiteMedSAM and the inscribed-ellipse baselines; a plain-text progress bar goes
+to stderr. ``metrics`` scores a predicted label image against ground truth
+(:func:`napari_sam_micro.core.metrics.instance_scores`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from .core.errors import ModelUnavailableError, UserInputError
+
+__all__ = ["main", "build_parser"]
+
+
+def _bar(stream):
+    last = [None]
+
+    def show(report) -> None:
+        width = 30
+        filled = int(round(width * report.fraction))
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {report.done}/{report.total} {report.message}"[:119]
+        if line != last[0]:
+            stream.write("\r" + line.ljust(120))
+            stream.flush()
+            last[0] = line
+
+    return show
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _evaluate(args) -> int:
+    from .core.progress import drain
+    from .evaluation import PROMPT_KINDS, evaluate_job, format_table
+
+    kinds = tuple(args.prompts.split(",")) if args.prompts else PROMPT_KINDS
+    baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines is not None else ("litemedsam", "ellipse")
+    job = evaluate_job(
+        args.model,
+        args.data,
+        prompt_kinds=kinds,
+        n_clicks=args.clicks,
+        everything=args.everything,
+        split=args.split,
+        limit=args.limit,
+        max_objects=args.max_objects,
+        baselines=baselines,
+        device=args.device,
+        everything_images=args.everything_images,
+        modalities=tuple(args.modalities.split(",")) if args.modalities else None,
+    )
+    result = drain(job, None if args.quiet else _bar(sys.stderr))
+    if not args.quiet:
+        sys.stderr.write("\n")
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(_jsonable(result), indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _metrics(args) -> int:
+    import numpy as np
+
+    from .core.export import read_labels
+    from .core.metrics import instance_scores
+
+    gt = np.asarray(read_labels(args.gt))
+    pred = np.asarray(read_labels(args.pred))
+    if gt.shape != pred.shape:
+        raise UserInputError(f"The label images differ in shape: {gt.shape} (ground truth) vs {pred.shape} (prediction).")
+    scores = instance_scores(gt, pred)
+    if args.json:
+        out = {k: v for k, v in scores.items() if k not in ("matches", "per_object_iou", "best_iou")}
+        out["per_object_iou"] = scores["per_object_iou"]
+        print(json.dumps(_jsonable(out), indent=1))
+    else:
+        print(f"objects: {scores['n_gt']} ground truth, {scores['n_pred']} predicted")
+        print(f"IoU 0.5: TP {scores['tp']}  FP {scores['fp']}  FN {scores['fn']}")
+        print(f"precision {scores['precision']:.3f}  recall {scores['recall']:.3f}  F1 {scores['f1']:.3f}")
+        print(f"mean matched IoU {scores['mean_matched_iou']:.3f}  mAP(0.5:0.95) {scores['map']:.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``napari-sam-micro`` argument parser."""
+    parser = argparse.ArgumentParser(prog="napari-sam-micro", description="napari-sam-micro command line tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("evaluate", help="score a model with a simulated user on labelled images")
+    ev.add_argument("--model", default=None, help="registry name (default: the plugin's default model)")
+    ev.add_argument("--data", required=True, help="folder of data sets (each with index.csv, images/, labels/)")
+    ev.add_argument("--split", default="val", choices=["val", "train", "all"])
+    ev.add_argument("--limit", type=int, default=None, help="at most N images per modality")
+    ev.add_argument("--max-objects", type=int, default=None, help="at most N objects per image (fixed sample)")
+    ev.add_argument("--prompts", default=None, help="comma-separated: point,box,box+clicks")
+    ev.add_argument("--clicks", type=int, default=3, help="corrective clicks after the box")
+    ev.add_argument("--baselines", default=None, help="comma-separated (default litemedsam,ellipse; '' for none)")
+    ev.add_argument("--everything", action=argparse.BooleanOptionalAction, default=True,
+                    help="also score automatic segmentation (F1 at IoU 0.5)")
+    ev.add_argument("--everything-images", type=int, default=None,
+                    help="run the everything mode on at most N images per modality")
+    ev.add_argument("--modalities", default=None, help="comma-separated modalities to evaluate (default: all)")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--json", default=None, help="write the full result here")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_evaluate)
+
+    me = sub.add_parser("metrics", help="instance scores of a predicted label image against ground truth")
+    me.add_argument("gt", help="ground-truth label image (TIFF, PNG or NPY)")
+    me.add_argument("pred", help="predicted label image")
+    me.add_argument("--json", action="store_true", help="print JSON")
+    me.set_defaults(func=_metrics)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``napari-sam-micro`` console script."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "model", "") is None:
+        from .models.registry import default_model_name
+
+        args.model = default_model_name()
+    try:
+        return int(args.func(args) or 0)
+    except (UserInputError, ModelUnavailableError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

