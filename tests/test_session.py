@@ -274,3 +274,35 @@ def test_points_as_boxes_for_box_only_models(model):
     sides = call["boxes"][unclipped, 2] - call["boxes"][unclipped, 0]
     assert np.all(np.diff(sides) > 0)  # growing candidates
     assert pred.objects[0].kind == "points" and pred.objects[0].mask.shape == (300, 400)
+
+
+def test_segment_seeds_job_decodes_each_seed_as_a_centred_click_in_its_window(model):
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    s.set_image(_image(shape=(200, 240)))
+    seeds_rc = np.array([[50.0, 60.0], [150.0, 180.0], [150.0, 182.0]])
+    windows = [s.plan_windows(Prompts([[c, r]], [1]))[0] for r, c in seeds_rc]
+    job = s.segment_seeds_job(seeds_rc, iou_floor=0.0, min_area=0)
+    n_decode = len(model.decode_calls)
+    result = drain(job)
+    calls = model.decode_calls[n_decode:]
+    assert len(calls) == 3
+    for call, (r, c), (y0, y1, x0, x1) in zip(calls, seeds_rc, windows):
+        # one positive click, (x, y) relative to the seed's window, all three masks asked for
+        np.testing.assert_allclose(call["points"], [[[c - x0, r - y0]]])
+        assert call["multimask"]
+    assert model.encoded_shapes[-3:] == [(64, 64, 3)] * 3
+    assert result.labels.shape == (200, 240) and result.labels.dtype == np.uint32
+    ids = np.unique(result.labels)
+    ids = ids[ids > 0]
+    assert result.table["index"] == ids.tolist() == list(range(1, ids.size + 1))
+    assert all(p == "seed" for p in result.table["prompt"])
+    # every object lies inside the union of the seed windows
+    inside = np.zeros((200, 240), bool)
+    for y0, y1, x0, x1 in windows:
+        inside[y0:y1, x0:x1] = True
+    assert not (result.labels[~inside] > 0).any()
+    assert result.generation == s.generation
+    # the seed windows are cached: a second run encodes nothing new
+    n_enc = len(model.encoded_shapes)
+    drain(s.segment_seeds_job(seeds_rc))
+    assert len(model.encoded_shapes) == n_enc

@@ -47,7 +47,8 @@ from .core.masks import stability_score
 from .core.model_api import Embedding, PromptableModel
 from .core.preprocess import PreprocessConfig, normalize_image, prompt_window
 from .core.progress import Job, Progress, drain
-from .core.prompts import ObjectPrompt, Prompts, object_prompts
+from .core.prompts import ObjectPrompt, Prompts, object_prompts, points_from_napari
+from .core.seeds import SEED_IOU_FLOOR, choose_seed_mask, resolve_seeded_masks
 
 __all__ = [
     "AnnotationSession",
@@ -56,6 +57,7 @@ __all__ = [
     "Prediction",
     "CommitItem",
     "Window",
+    "SeededSegmentation",
 ]
 
 #: ``(y0, y1, x0, x1)`` half-open pixel window of the plane.
@@ -153,6 +155,28 @@ class CommitItem:
     label_id: int
     row: dict = field(default_factory=dict)
     object_index: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class SeededSegmentation:
+    """Result of :meth:`AnnotationSession.segment_seeds_job`.
+
+    Parameters
+    ----------
+    labels : (H, W) uint32
+        Instance ids ``1..K`` (best first).
+    table : dict of str to list
+        Object table (:data:`~napari_sam_micro.core.labels.OBJECT_COLUMNS`), prompt ``"seed"``.
+    seeds_rc : (N, 2) float64
+        The seeds decoded, ``(row, col)``.
+    generation : int
+        Session generation the result belongs to.
+    """
+
+    labels: np.ndarray
+    table: dict
+    seeds_rc: np.ndarray
+    generation: int
 
 
 def _window_covers(window: Window, hw: tuple[int, int]) -> bool:
@@ -449,6 +473,82 @@ class AnnotationSession:
                     done = k + (report.fraction if report.total else 0.0)
                     yield Progress(int(round(100 * done)), 100 * len(jobs), report.message)
             return len(jobs)
+
+        return run()
+
+    def segment_seeds_job(
+        self,
+        seeds_rc,
+        *,
+        iou_floor: float = SEED_IOU_FLOOR,
+        nms_thresh: float = 0.5,
+        fill_holes: bool = True,
+        keep_largest: bool = True,
+        min_area: int = 10,
+    ) -> Job[SeededSegmentation]:
+        """Seeded everything mode: segment one object per seed, as a centred click.
+
+        Each seed is decoded like a single positive click (:meth:`predict`'s windows: for
+        ``crop_to_prompt`` models a :func:`~napari_sam_micro.core.preprocess.prompt_window` around it,
+        encoded and cached), with the three multimask outputs; the kept output follows
+        :func:`~napari_sam_micro.core.seeds.choose_seed_mask` (most stable among predicted IoU >=
+        ``iou_floor``). Masks are then cleaned, de-duplicated and painted by
+        :func:`~napari_sam_micro.core.seeds.resolve_seeded_masks`. The preview is not touched.
+
+        Parameters
+        ----------
+        seeds_rc : (N, 2) array-like
+            ``(row, col)`` object centres on the current plane (e.g. :func:`~napari_sam_micro.core.seeds.find_seeds`).
+        iou_floor, nms_thresh, fill_holes, keep_largest, min_area
+            See :mod:`napari_sam_micro.core.seeds`.
+
+        Returns
+        -------
+        Job[SeededSegmentation]
+        """
+        if self._plane is None:
+            raise ImageError("Choose an image before segmenting it.")
+        hw = self.image_hw
+        seeds = np.asarray(seeds_rc, dtype=np.float64).reshape(-1, 2)
+        generation = self._generation
+        model = self._model
+        thr = float(model.mask_threshold)
+
+        def run():
+            masks, pious, stabs = [], [], []
+            n = len(seeds)
+            for k in range(n):
+                pts_xy, lab = points_from_napari(seeds[k : k + 1], [1], hw)
+                obj = object_prompts(Prompts(points_xy=pts_xy, point_labels=lab))[0]
+                window = self._window(obj, None)
+                yield Progress(k, n, f"Seed {k + 1} of {n}: encoding its window")
+                if window is None and self._embedding is not None:
+                    emb = self._embedding
+                else:
+                    emb = yield from self.embedding_job(window)
+                if generation != self._generation:
+                    raise ImageError("The image changed while it was being segmented.")
+                coords, labels, _box = obj.decoder_args()
+                coords = coords - self._offset(window)[None, None, :]
+                out = model.decode(emb, point_coords=coords.astype(np.float32), point_labels=labels, multimask_output=True)
+                up = model.upscale(emb, out.low_res_logits[0][:, None])[:, 0]  # (M, h, w) logits
+                stab = stability_score(up, thr)
+                best = choose_seed_mask(out.iou_predictions[0], stab, iou_floor)
+                crop = up[best] > thr
+                if window is None:
+                    mask = crop
+                else:
+                    y0, y1, x0, x1 = window
+                    mask = np.zeros(hw, dtype=bool)
+                    mask[y0:y1, x0:x1] = crop
+                masks.append(mask)
+                pious.append(float(out.iou_predictions[0, best]))
+                stabs.append(float(stab[best]))
+            yield Progress(n, n, "Resolving overlaps")
+            labels_img, table = resolve_seeded_masks(
+                masks, pious, stabs, hw, nms_thresh=nms_thresh, fill_holes=fill_holes, keep_largest=keep_largest, min_area=min_area
+            )
+            return SeededSegmentation(labels_img, table, seeds, generation)
 
         return run()
 

@@ -58,7 +58,10 @@ def counting_model():
         built.append(model)
         return model
 
-    registry.register(dataclasses.replace(tiny, name="counting-tiny", display_name="Counting tiny", builder=build))
+    # crop_to_prompt=False: a SAM-like model, for which the widget offers the grid mode only
+    registry.register(
+        dataclasses.replace(tiny, name="counting-tiny", display_name="Counting tiny", builder=build, crop_to_prompt=False)
+    )
     yield built
     registry.unregister("counting-tiny")
 
@@ -195,3 +198,54 @@ def test_write_plane_labels_keeps_ids_unique_across_planes():
     assert set(np.unique(layer.data[1])) == {0, 5}
     assert layer.features["index"].tolist() == [3, 4, 5]
     assert layer.features.set_index("index").loc[5, "predicted_iou"] == 0.95
+
+
+@pytest.fixture
+def crop_model():
+    """A registered 'crop-tiny': the tiny test SAM flagged ``crop_to_prompt`` (seeds mode offered)."""
+    built = []
+    tiny = registry.get_spec("tiny-test")
+
+    def build(checkpoint, device):
+        model = CountingModel(tiny.builder(checkpoint, "cpu"))
+        built.append(model)
+        return model
+
+    registry.register(
+        dataclasses.replace(tiny, name="crop-tiny", display_name="Crop tiny", builder=build, crop_to_prompt=True)
+    )
+    yield built
+    registry.unregister("crop-tiny")
+
+
+def test_seeds_mode_is_offered_for_crop_models_and_writes_labels(qtbot, crop_model, counting_model):
+    from napari_sam_micro._qt.everything import MODE_GRID, MODE_SEEDS
+
+    viewer = ViewerModel()
+    image = np.full((96, 112), 200, dtype=np.uint16)
+    rr, cc = np.mgrid[:96, :112]
+    for r, c in [(25, 30), (30, 80), (70, 50)]:
+        image[(rr - r) ** 2 + (cc - c) ** 2 <= 64] = 3000
+    viewer.add_image(image, name="blobs")
+    widget = EverythingWidget(viewer, model="counting-tiny")
+    qtbot.addWidget(widget)
+    # a plain SAM model: grid only
+    assert not widget.seeds_available() and widget.mode() == MODE_GRID and not widget.mode_combo.isEnabled()
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("crop-tiny"))
+    assert widget.seeds_available() and widget.mode() == MODE_SEEDS and widget.mode_combo.isEnabled()
+    assert not widget._seed_box.isHidden() and all(box.isHidden() for box in widget._grid_boxes)
+    _run(qtbot, widget)
+    result = widget.seeded
+    assert result is not None, widget.status.text()
+    # one seed per blob (the model is random: how many objects survive is not asserted)
+    seeds = np.round(result.seeds_rc).astype(int)
+    assert sorted(map(tuple, seeds)) == [(25, 30), (30, 80), (70, 50)]
+    layer = widget.output_layer
+    assert layer is not None and layer.data.shape == image.shape
+    np.testing.assert_array_equal(layer.data, result.labels)
+    ids = np.unique(layer.data)
+    assert layer.features["index"].tolist() == ids[ids > 0].tolist()
+    assert "seeds" in widget.status.text()
+    assert crop_model and crop_model[0].calls >= 3 * 3  # encode, decode, upscale per seed
+    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_GRID))
+    assert widget._seed_box.isHidden() and not any(box.isHidden() for box in widget._grid_boxes)

@@ -13,6 +13,15 @@ again by its metadata): ids do not overlap (where masks overlap the higher predi
 each run or re-filter replaces the objects of that plane in this layer as one undoable step
 (Ctrl+Z), and ``layer.features`` holds the per-object table (index = id, area, predicted_iou,
 stability_score, prompt, bounding box, prompt point).
+
+Seeded mode (``crop_to_prompt`` models such as ``micro-tiny``): these 256-px models were tuned on
+object-centred crops and segment badly from grid points, so for them the widget offers
+"Seeds (object centres)": :func:`napari_sam_micro.core.seeds.find_seeds` proposes object centres
+by classical means (Otsu foreground, distance transform + intensity maxima) and
+:meth:`napari_sam_micro.session.AnnotationSession.segment_seeds_job` decodes each as a centred
+click in its window. The grid filters do not apply to that mode (its masks are cleaned and
+de-duplicated by :func:`~napari_sam_micro.core.seeds.resolve_seeded_masks`); "Seed spacing" is its
+only setting.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ from ..core.cache import content_digest, embedding_key
 from ..core.errors import UserInputError
 from ..core.preprocess import PreprocessConfig, normalize_image
 from ..core.progress import Progress
+from ..core.seeds import find_seeds
 from ..models.registry import available_models, default_model_name, get_spec
+from ..session import AnnotationSession, SeededSegmentation
 from .._napari.features import set_object_table
 from .._napari.layers import META_KEY, current_plane_index, image_geometry, layer_meta, plane_data
 from .._napari.state import ViewerState
@@ -53,6 +64,10 @@ __all__ = ["EverythingWidget", "EVERYTHING_ROLE", "labels_from_result", "write_p
 
 #: ``layer.metadata["napari_sam_micro"]["role"]`` of the layer everything mode writes.
 EVERYTHING_ROLE = "everything"
+
+#: Values of :attr:`EverythingWidget.mode_combo`.
+MODE_GRID = "grid"
+MODE_SEEDS = "seeds"
 
 
 @dataclass(frozen=True)
@@ -221,6 +236,7 @@ class EverythingWidget(QWidget):
         self.worker = None
         self._run: _Run | None = None
         self.result: AmgResult | None = None
+        self.seeded: SeededSegmentation | None = None
         self.output_layer: Labels | None = None
 
         # -- inputs ------------------------------------------------------------------------
@@ -236,6 +252,20 @@ class EverythingWidget(QWidget):
             self.model_combo.setCurrentIndex(self.model_combo.findData(chosen))
         self.model_combo.setToolTip("Segmentation model. Models marked offline need no download.")
 
+        self.mode_combo = QComboBox(self)
+        self.mode_combo.addItem("Seeds (object centres)", MODE_SEEDS)
+        self.mode_combo.addItem("Grid of points (SAM)", MODE_GRID)
+        self.mode_combo.setToolTip(
+            "Seeds: find object centres in the image (bright or dark blobs) and segment each with one "
+            "centred click; best for 256-px microscopy models such as micro-tiny. Grid: SAM's regular "
+            "grid of point prompts with instant filters; for SAM models."
+        )
+        self.seed_spin = _spin(
+            2, 200, 5,
+            "Seeds mode: smallest distance between two object centres, in pixels (about the radius of the "
+            "smallest object). Larger values merge nearby seeds; smaller ones split objects.",
+            " px",
+        )
         # -- model run parameters ----------------------------------------------------------
         self.points_spin = _spin(
             4, 128, 32,
@@ -300,6 +330,9 @@ class EverythingWidget(QWidget):
         inputs = QFormLayout()
         inputs.addRow("Image:", self.image_combo)
         inputs.addRow("Model:", self.model_combo)
+        inputs.addRow("Mode:", self.mode_combo)
+        self._seed_box = QGroupBox("Seeds", self)
+        QFormLayout(self._seed_box).addRow("Seed spacing:", self.seed_spin)
         run_box = QGroupBox("Model run", self)
         run_form = QFormLayout(run_box)
         run_form.addRow("Points per side:", self.points_spin)
@@ -321,12 +354,15 @@ class EverythingWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(inputs)
+        layout.addWidget(self._seed_box)
         layout.addWidget(run_box)
         layout.addWidget(filter_box)
         layout.addWidget(post_box)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        self._grid_boxes = (run_box, filter_box, post_box)
+        self._update_mode_controls()
 
         # -- wiring ------------------------------------------------------------------------------
         self._filter_timer = QTimer(self)
@@ -342,6 +378,8 @@ class EverythingWidget(QWidget):
         self.points_spin.valueChanged.connect(self._on_run_params_changed)
         self.crop_layers_spin.valueChanged.connect(self._on_run_params_changed)
         self.model_combo.currentIndexChanged.connect(self._on_run_params_changed)
+        self.model_combo.currentIndexChanged.connect(self._update_mode_controls)
+        self.mode_combo.currentIndexChanged.connect(self._update_mode_controls)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
 
@@ -354,6 +392,24 @@ class EverythingWidget(QWidget):
     def model_name(self) -> str:
         """Registry name of the chosen model."""
         return str(self.model_combo.currentData())
+
+    def seeds_available(self) -> bool:
+        """Seeds mode is offered: the model decodes clicks in windows (``crop_to_prompt`` and ``point_prompts``)."""
+        spec = get_spec(self.model_name())
+        return bool(spec.crop_to_prompt and spec.point_prompts)
+
+    def mode(self) -> str:
+        """:data:`MODE_SEEDS` or :data:`MODE_GRID` (grid whenever the model has no seeds mode)."""
+        if not self.seeds_available():
+            return MODE_GRID
+        return str(self.mode_combo.currentData())
+
+    def _update_mode_controls(self, *_args) -> None:
+        self.mode_combo.setEnabled(self.seeds_available())  # SAM models: grid only
+        seeded = self.mode() == MODE_SEEDS
+        self._seed_box.setVisible(seeded)
+        for box in self._grid_boxes:
+            box.setVisible(not seeded)
 
     def params(self) -> AmgParams:
         """:class:`AmgParams` from the controls (``max_mask_region_area`` None when 'no limit')."""
@@ -392,9 +448,14 @@ class EverythingWidget(QWidget):
             notify_exception(err)
             return None
         model_name = self.model_name()
-        key = embedding_key(content_digest(plane), model_name, config.key())
-        job = self._job(model_name, plane, config, params, key)
         target = (image_layer, geometry, index, model_name)
+        if self.mode() == MODE_SEEDS:
+            job = self._seeds_job(model_name, plane, config, self.seed_spin.value())
+            on_result = lambda res: self._on_seeded(res, target)  # noqa: E731
+        else:
+            key = embedding_key(content_digest(plane), model_name, config.key())
+            job = self._job(model_name, plane, config, params, key)
+            on_result = lambda cands: self._on_candidates(cands, target)  # noqa: E731
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)
@@ -402,7 +463,7 @@ class EverythingWidget(QWidget):
         self.worker = start_job(
             job,
             on_progress=self._on_progress,
-            on_result=lambda cands: self._on_candidates(cands, target),
+            on_result=on_result,
             on_error=self._on_error,
             on_aborted=lambda: self.status.setText("Cancelled; the labels were not changed."),
             on_finished=self._on_finished,
@@ -416,6 +477,35 @@ class EverythingWidget(QWidget):
         image = normalize_image(plane, config)
         candidates = yield from generate_candidates(model, image, params, cache=self.state.cache, cache_key=key)
         return candidates
+
+    def _seeds_job(self, model_name, plane, config, min_distance):
+        model = yield from self.state.models.get_job(model_name)
+        yield Progress(0, 0, "Finding object centres")
+        session = AnnotationSession(
+            model, self.state.cache, config, model_id=model_name, **AnnotationSession.options_for(get_spec(model_name))
+        )
+        session.set_image(plane)
+        seeds = find_seeds(normalize_image(plane, config), min_distance=int(min_distance))
+        result = yield from session.segment_seeds_job(seeds)
+        return result
+
+    def _on_seeded(self, result: SeededSegmentation, target) -> None:
+        image_layer, geometry, index, model_name = target
+        run = _Run(None, image_layer, geometry, index, model_name)
+        self._run = None
+        self.seeded = result
+        layer = self._output_for(run)
+        try:
+            write_plane_labels(layer, index, result.labels, result.table)
+        except UserInputError as err:
+            self.status.setText(str(err))
+            notify_exception(err)
+            return
+        n = len(result.table["index"])
+        where = f"'{image_layer.name}'" + (f" plane {index}" if index else "")
+        self.status.setText(
+            f"{n} object{'s' if n != 1 else ''} in {where} from {len(result.seeds_rc)} seeds (object centres)."
+        )
 
     def cancel(self) -> None:
         """Stop the running job at its next step (the labels stay as they were)."""
@@ -441,7 +531,7 @@ class EverythingWidget(QWidget):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self._run is not None else 0)
+        self.progress.setValue(1 if self._run is not None or self.seeded is not None else 0)
         self.progress.setFormat("%p%")
 
     def _on_candidates(self, candidates: CandidateSet, target) -> None:

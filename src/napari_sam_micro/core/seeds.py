@@ -1,0 +1,266 @@
+"""Object-centre seeds found by classical image analysis (for seeded everything mode).
+
+Models fine-tuned on object-centred crops (``crop_to_prompt`` models such as ``micro-tiny``)
+segment an object well from **one click near its centre**, decoded in a window about twice the
+object's size, but badly from the points of a regular grid (most land off-centre or on background).
+:func:`find_seeds` proposes such centres without a model:
+
+1. ``gray`` = the mean over channels of the normalised image (``(H, W)`` or ``(H, W, C)`` in [0, 1]).
+2. Polarity: Otsu's threshold splits the pixels in two classes; objects are the **smaller** class
+   (bright nuclei on dark background in fluorescence, dark cells on bright background in
+   brightfield/histology). With ``polarity="auto"`` the image is inverted when the bright class
+   covers more than half of the pixels; ``"bright"``/``"dark"`` force it.
+3. Foreground = pixels above Otsu's threshold (after inversion), small specks removed by an
+   opening.
+4. Score = the Euclidean distance transform of the foreground (large in the middle of each
+   object, separating touching round objects), plus ``intensity_weight`` × the Gaussian-smoothed
+   intensity (breaks ties on flat plateaus), then smoothed with ``sigma``.
+5. Seeds = local maxima of the score inside the foreground at least ``min_distance`` pixels apart
+   (a maximum filter of that radius), whose distance-transform value is at least ``min_radius``.
+
+Everything is pure numpy/scipy; coordinates are returned in napari order ``(row, col)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .automatic import box_nms
+from .labels import OBJECT_COLUMNS, instance_labels_from_masks, object_row
+from .masks import mask_to_box_xyxy, postprocess_mask
+
+__all__ = ["otsu_threshold", "foreground_mask", "find_seeds", "choose_seed_mask", "resolve_seeded_masks", "SEED_IOU_FLOOR"]
+
+#: Multimask outputs of a centred click whose predicted IoU is below this are not chosen (unless all are).
+SEED_IOU_FLOOR = 0.4
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of finite ``values`` (any shape, real dtype).
+
+    Returns
+    -------
+    float
+        The threshold maximising the between-class variance; the value itself when the input is
+        constant (or NaN when there is no finite value).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan")
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3:
+        img = img.mean(axis=-1)
+    if img.ndim != 2:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {np.shape(image)}")
+    return np.nan_to_num(img, nan=0.0)
+
+
+def foreground_mask(image: np.ndarray, polarity: str = "auto", sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Object pixels by Otsu's threshold, with the objects' polarity.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) float
+        Normalised image (e.g. :func:`~napari_sam_micro.core.preprocess.normalize_image`).
+    polarity : {"auto", "bright", "dark"}
+        Objects brighter or darker than the background; ``"auto"``: the smaller Otsu class.
+    sigma : float
+        Gaussian smoothing (pixels) before thresholding.
+
+    Returns
+    -------
+    mask : (H, W) bool
+        Foreground (objects).
+    signal : (H, W) float32
+        The smoothed grey image, inverted for dark objects (objects bright).
+    """
+    if polarity not in ("auto", "bright", "dark"):
+        raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
+    gray = _gray(image)
+    signal = ndi.gaussian_filter(gray, sigma) if sigma > 0 else gray
+    t = otsu_threshold(signal)
+    if polarity == "dark" or (polarity == "auto" and np.count_nonzero(signal > t) > signal.size / 2):
+        signal = signal.max() - signal
+        t = otsu_threshold(signal)
+    mask = signal > t
+    mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
+    return mask, signal.astype(np.float32)
+
+
+def find_seeds(
+    image: np.ndarray,
+    *,
+    min_distance: int = 5,
+    sigma: float = 1.5,
+    polarity: str = "auto",
+    min_radius: float = 2.0,
+    intensity_weight: float = 2.0,
+    max_seeds: int | None = None,
+) -> np.ndarray:
+    """Candidate object centres (see the module docstring for the algorithm).
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) float
+        Normalised image, values about [0, 1].
+    min_distance : int
+        Seeds are at least this many pixels apart (Chebyshev); about the smallest object radius.
+    sigma : float
+        Smoothing (pixels) of the seed score.
+    polarity : {"auto", "bright", "dark"}
+        See :func:`foreground_mask`.
+    min_radius : float
+        Ignore maxima whose distance to the background is below this (specks, thin debris).
+    intensity_weight : float
+        Weight of the smoothed intensity (objects bright, range about [0, 1]) added to the distance
+        transform, in pixels per unit intensity.
+    max_seeds : int, optional
+        Keep at most this many, highest score first.
+
+    Returns
+    -------
+    (N, 2) float64
+        Seed ``(row, col)`` in pixels, highest score first.
+    """
+    mask, signal = foreground_mask(image, polarity=polarity, sigma=1.0)
+    if not mask.any():
+        return np.zeros((0, 2), dtype=np.float64)
+    dist = ndi.distance_transform_edt(mask)
+    lo, hi = float(signal.min()), float(signal.max())
+    intensity = (signal - lo) / (hi - lo) if hi > lo else np.zeros_like(signal)
+    score = dist + float(intensity_weight) * intensity
+    if sigma > 0:
+        score = ndi.gaussian_filter(score, sigma)
+    size = 2 * int(max(1, min_distance)) + 1
+    peaks = (score == ndi.maximum_filter(score, size=size, mode="nearest")) & mask & (dist >= float(min_radius))
+    # plateaus give several equal maxima: keep one per connected plateau (its first pixel)
+    lab, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    centres = np.asarray(ndi.center_of_mass(peaks, lab, np.arange(1, n + 1)), dtype=np.float64).reshape(-1, 2)
+    values = score[np.clip(np.round(centres[:, 0]).astype(int), 0, score.shape[0] - 1),
+                   np.clip(np.round(centres[:, 1]).astype(int), 0, score.shape[1] - 1)]
+    order = np.argsort(-values, kind="stable")
+    centres = centres[order]
+    # enforce min_distance between seeds coming from different plateaus of equal height
+    kept: list[int] = []
+    for i, c in enumerate(centres):
+        if all(np.max(np.abs(c - centres[j])) >= min_distance for j in kept):
+            kept.append(i)
+        if max_seeds is not None and len(kept) >= max_seeds:
+            break
+    return centres[kept]
+
+
+def choose_seed_mask(predicted_iou, stability, iou_floor: float = SEED_IOU_FLOOR) -> int:
+    """Which multimask output of a centred click to keep.
+
+    Rule: the **most stable** mask among those with predicted IoU >= ``iou_floor`` (ties: higher
+    predicted IoU); when none reaches the floor, the most stable of all. A fine-tuned 256-px
+    decoder rates its good object mask only ~0.5-0.6 but it is stable (0.5-0.8), while the
+    "whole region" output is a blob with stability near 0.
+
+    Parameters
+    ----------
+    predicted_iou, stability : (M,) float
+
+    Returns
+    -------
+    int
+        Index into the M outputs.
+    """
+    piou = np.asarray(predicted_iou, dtype=np.float64).reshape(-1)
+    stab = np.asarray(stability, dtype=np.float64).reshape(-1)
+    if piou.size == 0 or piou.size != stab.size:
+        raise ValueError("need as many predicted IoUs as stability scores (at least one)")
+    ok = np.flatnonzero(piou >= float(iou_floor))
+    pool = ok if ok.size else np.arange(piou.size)
+    return int(pool[np.lexsort((-piou[pool], -stab[pool]))[0]])
+
+
+def resolve_seeded_masks(
+    masks,
+    predicted_iou,
+    stability,
+    shape: tuple[int, int],
+    *,
+    nms_thresh: float = 0.5,
+    fill_holes: bool = True,
+    keep_largest: bool = True,
+    min_area: int = 10,
+    max_area_fraction: float = 0.25,
+    prompt: str = "seed",
+) -> tuple[np.ndarray, dict[str, list]]:
+    """Turn one mask per seed into a non-overlapping instance label image and an object table.
+
+    Each mask is post-processed (keep its largest component, fill holes), masks smaller than
+    ``min_area`` or larger than ``max_area_fraction`` of the image are dropped, duplicates (two
+    seeds on one object) are removed by greedy box NMS with score = predicted IoU × stability, and
+    the survivors are painted best score first (a pixel belongs to the best mask covering it).
+
+    Parameters
+    ----------
+    masks : sequence of (H, W) bool
+    predicted_iou, stability : (N,) float
+    shape : (H, W)
+    nms_thresh : float
+        Box IoU above which the lower-scored of two masks is dropped.
+    fill_holes, keep_largest : bool
+    min_area : int
+    max_area_fraction : float
+    prompt : str
+        Value of the table's ``prompt`` column.
+
+    Returns
+    -------
+    labels : (H, W) uint32
+        Ids ``1..K`` by decreasing score.
+    table : dict of str to list
+        :data:`~napari_sam_micro.core.labels.OBJECT_COLUMNS` per id.
+    """
+    piou = np.asarray(predicted_iou, dtype=np.float64).reshape(-1)
+    stab = np.asarray(stability, dtype=np.float64).reshape(-1)
+    h, w = int(shape[0]), int(shape[1])
+    cleaned, boxes, scores, keep_idx = [], [], [], []
+    for i, m in enumerate(masks):
+        out = postprocess_mask(np.asarray(m, bool), fill_holes=fill_holes, keep_largest=keep_largest)
+        area = int(np.count_nonzero(out))
+        if area < int(min_area) or area > float(max_area_fraction) * h * w:
+            continue
+        cleaned.append(out)
+        boxes.append(mask_to_box_xyxy(out))
+        scores.append(piou[i] * stab[i])
+        keep_idx.append(i)
+    if not cleaned:
+        return np.zeros((h, w), np.uint32), {c: [] for c in OBJECT_COLUMNS}
+    boxes_a = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores_a = np.asarray(scores, dtype=np.float32)
+    order = box_nms(boxes_a, scores_a, float(nms_thresh))  # best first
+    painted, present = instance_labels_from_masks([cleaned[j] for j in order], -np.arange(len(order), dtype=np.float64), (h, w))
+    lut = np.zeros(len(order) + 1, dtype=np.uint32)
+    rows = []
+    for new_id, old in enumerate(present, start=1):
+        lut[old] = new_id
+        src = keep_idx[order[old - 1]]
+        rows.append(object_row(new_id, painted == old, float(piou[src]), float(stab[src]), prompt))
+    labels = lut[painted]
+    table = {c: [r[c] for r in rows] for c in rows[0]} if rows else {c: [] for c in OBJECT_COLUMNS}
+    return labels, table
+

@@ -1,0 +1,113 @@
+"""core.seeds: object-centre seeds by classical means, mask choice, overlap resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_micro.core.seeds import (
+    choose_seed_mask,
+    find_seeds,
+    foreground_mask,
+    otsu_threshold,
+    resolve_seeded_masks,
+)
+
+CENTRES = [(20, 20), (20, 60), (55, 30), (60, 75)]
+
+
+def _blobs(shape=(80, 96), radius=7, bright=True, touching=False, seed=0):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    centres = list(CENTRES)
+    if touching:
+        centres += [(20, 20 + 2 * radius - 2)]  # overlaps the first disc
+    img = np.zeros(shape, np.float32)
+    for r, c in centres:
+        img[(rr - r) ** 2 + (cc - c) ** 2 <= radius**2] = 0.8
+    img += np.random.default_rng(seed).normal(0, 0.03, shape).astype(np.float32)
+    img = np.clip(img + 0.1, 0, 1)
+    return (img if bright else 1 - img), centres
+
+
+def _matched(seeds, centres, tol=3.0):
+    d = np.linalg.norm(seeds[:, None, :] - np.asarray(centres, float)[None], axis=-1)
+    return d.min(axis=0) <= tol, d.min(axis=1) <= tol
+
+
+@pytest.mark.parametrize("bright", [True, False])
+def test_one_seed_per_blob_near_its_centre_for_both_polarities(bright):
+    img, centres = _blobs(bright=bright)
+    seeds = find_seeds(img)
+    assert seeds.shape == (len(centres), 2)
+    found, genuine = _matched(seeds, centres, tol=1.5)
+    assert found.all() and genuine.all()
+
+
+def test_rgb_input_and_forced_wrong_polarity():
+    img, centres = _blobs()
+    seeds = find_seeds(np.repeat(img[..., None], 3, axis=-1))
+    assert _matched(seeds, centres, tol=1.5)[0].all()
+    # forcing "dark" on bright blobs seeds the background, not the blobs
+    wrong = find_seeds(img, polarity="dark")
+    assert all(img[r, c] < 0.5 for r, c in np.round(wrong).astype(int))
+
+
+def test_touching_blobs_get_two_seeds_and_min_distance_merges_them():
+    img, centres = _blobs(touching=True)
+    seeds = find_seeds(img, min_distance=5)
+    found, _ = _matched(seeds, centres, tol=3.0)
+    assert found.all()
+    merged = find_seeds(img, min_distance=20)
+    assert len(merged) < len(seeds)
+    d = np.max(np.abs(merged[:, None] - merged[None]), axis=-1) + np.eye(len(merged)) * 1e9
+    assert d.min() >= 20
+
+
+def test_empty_and_constant_images_have_no_seeds():
+    assert find_seeds(np.zeros((32, 32), np.float32)).shape == (0, 2)
+    assert find_seeds(np.full((32, 32), 0.5, np.float32)).shape == (0, 2)
+
+
+def test_otsu_and_foreground():
+    v = np.concatenate([np.full(100, 0.1), np.full(30, 0.9)])
+    t = otsu_threshold(v)
+    assert 0.1 < t < 0.9
+    img, _ = _blobs()
+    mask, signal = foreground_mask(img)
+    assert mask.mean() < 0.5 and signal.shape == img.shape
+    with pytest.raises(ValueError):
+        foreground_mask(img, polarity="up")
+
+
+def test_choose_seed_mask_prefers_stable_masks_above_the_floor():
+    # a stable object mask rated 0.55, an unstable blob rated 0.9 is still chosen when only it passes
+    assert choose_seed_mask([0.55, 0.5, 0.9], [0.8, 0.6, 0.03], iou_floor=0.4) == 0
+    assert choose_seed_mask([0.3, 0.5, 0.9], [0.8, 0.6, 0.03], iou_floor=0.4) == 1
+    assert choose_seed_mask([0.1, 0.2, 0.3], [0.2, 0.9, 0.1], iou_floor=0.4) == 1  # none passes: most stable
+    assert choose_seed_mask([0.6, 0.5], [0.7, 0.7]) == 0  # tie on stability: higher predicted IoU
+    with pytest.raises(ValueError):
+        choose_seed_mask([], [])
+
+
+def test_resolve_seeded_masks_removes_duplicates_and_cleans():
+    shape = (40, 40)
+    a = np.zeros(shape, bool)
+    a[5:15, 5:15] = True
+    a[9:11, 9:11] = False  # a hole
+    a[30, 30] = True  # a speck away from it
+    dup = np.zeros(shape, bool)
+    dup[5:15, 6:15] = True
+    b = np.zeros(shape, bool)
+    b[20:30, 20:35] = True
+    tiny = np.zeros(shape, bool)
+    tiny[0, 0] = True
+    labels, table = resolve_seeded_masks([a, dup, b, tiny], [0.9, 0.5, 0.8, 0.9], [0.9, 0.9, 0.9, 0.9], shape, min_area=5)
+    assert labels.dtype == np.uint32 and labels.shape == shape
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    assert table["index"] == [1, 2]
+    one = labels == 1
+    assert one[5:15, 5:15].all() and not one[30, 30]  # holes filled, speck dropped
+    assert (labels == 2).sum() == 150
+    assert table["area"] == [100, 150] and table["prompt"] == ["seed", "seed"]
+    empty, t2 = resolve_seeded_masks([], [], [], shape)
+    assert not empty.any() and t2["index"] == []
