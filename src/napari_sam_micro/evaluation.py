@@ -379,7 +379,8 @@ def evaluate_job(
     seed : int
         Seed of the object sample (``max_objects``).
     amg_params : napari_sam_micro.core.automatic.AmgParams, optional
-        Parameters of the everything mode (default ``AmgParams()``, SAM's defaults).
+        Parameters of the grid everything mode (default ``AmgParams()``, SAM's defaults); models whose
+        spec has ``seeded_everything`` (micro-tiny) are run in seeds mode, as the plugin runs them.
     everything_images : int, optional
         Run the everything mode on at most this many images per modality (it is slow on a CPU).
     modalities : sequence of str, optional
@@ -442,7 +443,7 @@ def evaluate_job(
             count = amg_done.get((name, rec.modality), 0)
             if everything and (everything_images is None or count < everything_images):
                 amg_done[(name, rec.modality)] = count + 1
-                f1_rows.append(_everything_row(model, name, rec, normalize_image(raw, config), labels, amg_params))
+                f1_rows.append(_everything_row(user, spec, name, rec, normalize_image(raw, config), labels, amg_params))
             done += 1
     yield Progress(total, total, "done")
     result = _summarise(model_names, with_ellipse, records, rows, f1_rows, split)
@@ -494,12 +495,16 @@ def _score_objects(user: _PluginUser, name, rec, labels, objects, kinds, n_click
     return rows
 
 
-def _everything_row(model, name, rec, image, labels, params) -> dict:
+def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params) -> dict:
+    """F1 of the everything mode the plugin runs for this model (seeds or SAM's grid)."""
     from .core.automatic import automatic_segmentation
     from .core.progress import drain
+    from .core.seeds import find_seeds
 
-    result = drain(automatic_segmentation(model, image, params))
-    pred = result.to_label_image(labels.shape)
+    if spec.seeded_everything:
+        pred = drain(user.session.segment_seeds_job(find_seeds(image))).labels
+    else:
+        pred = drain(automatic_segmentation(user.session.model, image, params)).to_label_image(labels.shape)
     scores = instance_scores(labels, pred)
     return {"model": name, "image": rec.key, "modality": rec.modality, "tp": scores["tp"], "fp": scores["fp"],
             "fn": scores["fn"], "f1": scores["f1"]}

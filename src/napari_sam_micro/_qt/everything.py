@@ -395,8 +395,7 @@ class EverythingWidget(QWidget):
 
     def seeds_available(self) -> bool:
         """Seeds mode is offered: the model decodes clicks in windows (``crop_to_prompt`` and ``point_prompts``)."""
-        spec = get_spec(self.model_name())
-        return bool(spec.crop_to_prompt and spec.point_prompts)
+        return get_spec(self.model_name()).seeded_everything
 
     def mode(self) -> str:
         """:data:`MODE_SEEDS` or :data:`MODE_GRID` (grid whenever the model has no seeds mode)."""

@@ -93,6 +93,16 @@ class ModelSpec:
     builder: Builder | None = None
     point_prompts: bool = True
 
+    @property
+    def seeded_everything(self) -> bool:
+        """Everything mode prompts object centres found in the image (seeds) rather than SAM's grid.
+
+        For 256-px models that decode clicks in a window around them (``crop_to_prompt`` and
+        ``point_prompts``): they were trained on object-centred windows, and grid points on a
+        whole image are out of their distribution (F1 at IoU 0.5 ~ 0 on nuclei).
+        """
+        return bool(self.crop_to_prompt and self.point_prompts)
+
     def __post_init__(self):
         if not callable(self.builder):
             raise TypeError(f"ModelSpec {self.name!r} needs a callable builder(checkpoint, device)")
