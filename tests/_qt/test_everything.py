@@ -47,9 +47,8 @@ class CountingModel:
         return self._inner.upscale(*args, **kwargs)
 
 
-@pytest.fixture
-def counting_model():
-    """A registered 'counting-tiny' model: the tiny test SAM behind a call counter."""
+def _register_counting(name: str, crop_to_prompt: bool):
+    """Register the tiny test SAM behind a call counter as ``name``; returns the list of built models."""
     built = []
     tiny = registry.get_spec("tiny-test")
 
@@ -58,11 +57,17 @@ def counting_model():
         built.append(model)
         return model
 
-    # crop_to_prompt=False: a SAM-like model, for which the widget offers the grid mode only
     registry.register(
-        dataclasses.replace(tiny, name="counting-tiny", display_name="Counting tiny", builder=build, crop_to_prompt=False)
+        dataclasses.replace(tiny, name=name, display_name=name, builder=build, crop_to_prompt=crop_to_prompt)
     )
-    yield built
+    return built
+
+
+@pytest.fixture
+def counting_model():
+    """A registered 'counting-tiny' model: the tiny test SAM behind a call counter."""
+    # crop_to_prompt=False: a SAM-like model, for which the widget offers the grid mode only
+    yield _register_counting("counting-tiny", crop_to_prompt=False)
     registry.unregister("counting-tiny")
 
 
@@ -203,18 +208,7 @@ def test_write_plane_labels_keeps_ids_unique_across_planes():
 @pytest.fixture
 def crop_model():
     """A registered 'crop-tiny': the tiny test SAM flagged ``crop_to_prompt`` (seeds mode offered)."""
-    built = []
-    tiny = registry.get_spec("tiny-test")
-
-    def build(checkpoint, device):
-        model = CountingModel(tiny.builder(checkpoint, "cpu"))
-        built.append(model)
-        return model
-
-    registry.register(
-        dataclasses.replace(tiny, name="crop-tiny", display_name="Crop tiny", builder=build, crop_to_prompt=True)
-    )
-    yield built
+    yield _register_counting("crop-tiny", crop_to_prompt=True)
     registry.unregister("crop-tiny")
 
 
