@@ -16,7 +16,6 @@ from napari_sam_micro.evaluation import (
     ellipse_in_box,
     evaluate_job,
     format_table,
-    interior_point,
     mask_box,
     read_index,
     select_records,
@@ -78,18 +77,16 @@ def test_split_is_by_image_per_modality_deterministic_and_disjoint():
     assert {r.key for r in other["val"]} != {r.key for r in a["val"]}
 
 
-def test_interior_point_box_and_ellipse():
+def test_box_and_ellipse():
     mask = np.zeros((40, 50), bool)
     mask[10:21, 5:36] = True  # 11 rows x 31 cols
-    r, c = interior_point(mask)
-    assert mask[r, c] and r == 15 and 10 <= c <= 30  # 6 px from the border (the best possible)
     np.testing.assert_array_equal(mask_box(mask), [5, 10, 35, 20])
     disc = _disc((60, 60), (30, 30), 12)
     ell = ellipse_in_box(mask_box(disc), disc.shape)
     inter = np.count_nonzero(ell & disc) / np.count_nonzero(ell | disc)
     assert inter > 0.9
     with pytest.raises(ValueError):
-        interior_point(np.zeros((4, 4), bool))
+        mask_box(np.zeros((4, 4), bool))
 
 
 def test_correction_click_goes_to_the_deepest_error():

@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .core.errors import UserInputError
+from .core.masks import farthest_interior_point, mask_to_box_xyxy
 from .core.metrics import instance_scores, mask_iou
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Progress
@@ -56,7 +57,6 @@ __all__ = [
     "load_raw",
     "load_record",
     "preprocess_config_for",
-    "interior_point",
     "mask_box",
     "correction_click",
     "ellipse_in_box",
@@ -215,23 +215,12 @@ def load_record(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
 # -- simulated user ------------------------------------------------------------------------------
 
 
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """``(row, col)`` of the pixel of ``mask`` farthest from its border (first in row-major order on ties)."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        raise ValueError("empty mask has no interior point")
-    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    flat = int(np.argmax(dist))
-    return divmod(flat, mask.shape[1])
-
-
 def mask_box(mask: np.ndarray) -> np.ndarray:
     """``(4,)`` float32 ``(x0, y0, x1, y1)`` = ``(min col, min row, max col, max row)`` of a mask."""
-    rows = np.flatnonzero(np.asarray(mask).any(axis=1))
-    cols = np.flatnonzero(np.asarray(mask).any(axis=0))
-    if rows.size == 0:
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
         raise ValueError("empty mask has no box")
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
+    return mask_to_box_xyxy(mask).astype(np.float32)
 
 
 def correction_click(pred: np.ndarray, gt: np.ndarray) -> tuple[tuple[int, int], int] | None:
@@ -247,10 +236,9 @@ def correction_click(pred: np.ndarray, gt: np.ndarray) -> tuple[tuple[int, int],
     for region, label in ((gt & ~pred, 1), (pred & ~gt, 0)):
         if not region.any():
             continue
-        dist = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-        flat = int(np.argmax(dist))
-        if best is None or dist.flat[flat] > best[0]:
-            best = (float(dist.flat[flat]), divmod(flat, region.shape[1]), label)
+        row, col, depth = farthest_interior_point(region)
+        if best is None or depth > best[0]:
+            best = (depth, (row, col), label)
     if best is None:
         return None
     return best[1], best[2]
@@ -471,7 +459,7 @@ def _score_objects(user: _PluginUser, name, rec, labels, objects, kinds, n_click
     for oid, _sl in objects:
         gt = labels == oid
         if "point" in kinds:
-            r, c = interior_point(gt)
+            r, c, _ = farthest_interior_point(gt)
             mask = user.predict(points_xy=[[c, r]], labels=[1])
             rows.append(_row(name, rec, oid, "point", mask_iou(mask, gt)))
         if "box" in kinds or "box+clicks" in kinds:

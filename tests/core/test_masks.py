@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from napari_sam_micro.core.masks import (
+    farthest_interior_point,
     fill_holes,
     keep_largest_component,
     mask_to_box_xyxy,
@@ -88,3 +89,16 @@ def test_postprocess_mask_order_and_copy():
     assert plain is not m
     out = postprocess_mask(m, min_fragment_area=6)
     assert out.sum() == 24 and not out[2, 2]
+
+
+def test_farthest_interior_point_is_the_deepest_pixel_and_the_edge_counts_as_border():
+    mask = np.zeros((40, 50), bool)
+    mask[10:21, 5:36] = True  # 11 rows x 31 cols
+    r, c, depth = farthest_interior_point(mask)
+    assert mask[r, c] and r == 15 and 10 <= c <= 30 and depth == 6.0  # 6 px from the border (the best possible)
+    edge = np.zeros((10, 10), bool)
+    edge[:, :4] = True  # touches the image's left edge: column 0 is 1 px deep, not 5
+    r, c, depth = farthest_interior_point(edge)
+    assert c in (1, 2) and depth == 2.0
+    with pytest.raises(ValueError):
+        farthest_interior_point(np.zeros((4, 4), bool))

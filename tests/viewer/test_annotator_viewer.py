@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_sam_micro.core.masks import farthest_interior_point
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 tifffile = pytest.importorskip("tifffile")
@@ -28,14 +30,6 @@ MIN_IOU = 0.3
 #: Lowest mean IoU over the clicked nuclei.
 MIN_MEAN_IOU = 0.45
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "annotator.png"
-
-
-def _farthest_interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the object pixel farthest from the object's border."""
-    from scipy import ndimage as ndi
-
-    dist = ndi.distance_transform_edt(mask)
-    return tuple(int(v) for v in np.unravel_index(np.argmax(dist), dist.shape))
 
 
 def _canvas_click(qtbot, viewer, world_rc, shift=False):
@@ -99,7 +93,7 @@ def test_click_preview_commit_on_real_nuclei(make_napari_viewer, qtbot, shared_d
     ious = []
     for k, object_id in enumerate(targets):
         truth = gt == object_id
-        row, col = _farthest_interior_point(truth)
+        row, col, _ = farthest_interior_point(truth)
         world = layers.prompts.data_to_world(np.array([row, col], float))
         n_points = len(layers.prompts.data)
         _canvas_click(qtbot, viewer, world)

@@ -11,6 +11,8 @@ from scipy import ndimage as ndi
 __all__ = [
     "stability_score",
     "mask_to_box_xyxy",
+    "border_distance",
+    "farthest_interior_point",
     "fill_holes",
     "remove_small_fragments",
     "keep_largest_component",
@@ -46,6 +48,51 @@ def stability_score(logits: np.ndarray, mask_threshold: float = 0.0, offset: flo
     union = np.asarray(union, dtype=np.float64)
     out = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     return out.astype(np.float32)
+
+
+def border_distance(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each mask pixel to the nearest pixel outside the mask.
+
+    Parameters
+    ----------
+    mask : (H, W) bool
+
+    Returns
+    -------
+    (H, W) float64
+        0 outside the mask; the image edge counts as outside (an object cut by the edge is
+        shallow there).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    return ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+
+
+def farthest_interior_point(mask: np.ndarray) -> tuple[int, int, float]:
+    """The pixel of ``mask`` farthest from its border: where a user would click the object.
+
+    Parameters
+    ----------
+    mask : (H, W) bool
+
+    Returns
+    -------
+    row, col : int
+        First in row-major order on ties.
+    depth : float
+        Its :func:`border_distance`.
+
+    Raises
+    ------
+    ValueError
+        For an empty mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("empty mask has no interior point")
+    dist = border_distance(mask)
+    flat = int(np.argmax(dist))
+    row, col = divmod(flat, mask.shape[1])
+    return row, col, float(dist.flat[flat])
 
 
 def mask_to_box_xyxy(mask: np.ndarray) -> np.ndarray:

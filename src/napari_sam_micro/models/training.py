@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+from ..core.masks import border_distance, farthest_interior_point, mask_to_box_xyxy
 from ..core.preprocess import prompt_window
 from ..core.progress import Progress
 
@@ -160,9 +161,7 @@ def sample_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     point_window = bool(rng.random() < cfg.point_window_fraction)
     point = None
     if point_window:
-        m = labels == oid
-        dist = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-        r, c = divmod(int(np.argmax(dist)), m.shape[1])
+        r, c, _ = farthest_interior_point(labels == oid)
         point = (float(c), float(r))
     y0, y1, x0, x1 = _jitter_window(box, labels.shape, rng, cfg, point)
     crop = image[y0:y1, x0:x1].astype(np.float32, copy=True)
@@ -313,13 +312,6 @@ def load_crop_set(path: str | Path) -> CropSet:
 # -- prompts in the 256 model frame ------------------------------------------------------------
 
 
-def _farthest(mask: np.ndarray) -> tuple[int, int, float]:
-    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    flat = int(np.argmax(dist))
-    r, c = divmod(flat, mask.shape[1])
-    return r, c, float(dist.flat[flat])
-
-
 def _choose_target(lab: np.ndarray, center: int, rng, cfg: TrainConfig) -> np.ndarray | None:
     ids, counts = np.unique(lab, return_counts=True)
     ok = [(i, c) for i, c in zip(ids, counts) if i != 0 and c >= 12]
@@ -338,19 +330,17 @@ def _choose_target(lab: np.ndarray, center: int, rng, cfg: TrainConfig) -> np.nd
 
 
 def _box_prompt(mask: np.ndarray, rng, jitter: float) -> np.ndarray:
-    rows = np.flatnonzero(mask.any(1))
-    cols = np.flatnonzero(mask.any(0))
-    box = np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float64)
-    side = np.array([cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1])
+    box = mask_to_box_xyxy(mask).astype(np.float64)
+    side = np.tile(box[2:] - box[:2] + 1, 2)
     box = box + rng.uniform(-jitter, jitter, 4) * side
     return np.clip(box, 0, MODEL_SIDE - 1)
 
 
 def _point_prompt(mask: np.ndarray, rng) -> np.ndarray:
     if rng.random() < 0.5:
-        r, c, _ = _farthest(mask)
+        r, c, _ = farthest_interior_point(mask)
     else:
-        dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        dist = border_distance(mask)
         rr, cc = np.nonzero(dist >= max(1.0, dist.max() / 3.0))
         j = int(rng.integers(rr.size))
         r, c = rr[j], cc[j]
@@ -364,7 +354,7 @@ def _click(pred: np.ndarray, gt: np.ndarray, rng) -> tuple[np.ndarray, int] | No
     if not regions:
         return None
     if rng.random() < 0.5:
-        best = max(((_farthest(r), lab) for r, lab in regions), key=lambda t: t[0][2])
+        best = max(((farthest_interior_point(r), lab) for r, lab in regions), key=lambda t: t[0][2])
         (r, c, _), lab = best
     else:
         sizes = np.array([reg.sum() for reg, _ in regions], np.float64)
@@ -532,7 +522,7 @@ def train_job(
                 for j, g in enumerate(gts):
                     click = _click(pred_np[j], g, rng)
                     if click is None:  # perfect: repeat a positive click at the interior point
-                        r, c, _ = _farthest(g)
+                        r, c, _ = farthest_interior_point(g)
                         click = (np.array([c, r], np.float64), 1)
                     new_pts.append(click[0])
                     new_lbl.append(click[1])
