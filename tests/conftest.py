@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from napari_sam_micro.core.model_api import DecoderOutput, Embedding
 
 # Widget tests run offscreen; under Xvfb (DISPLAY set, the README's test command) every test uses the
 # virtual screen, so the real-viewer tests can draw the canvas.
@@ -42,3 +45,112 @@ def tiny_model():
     from napari_sam_micro.models.tiny import build_tiny_sam
 
     return SamAdapter(build_tiny_sam(seed=0), "tiny-test", device="cpu")
+
+
+class CallRecorder:
+    """Wraps a PromptableModel and records what its encoder and decoder were given."""
+
+    def __init__(self, model):
+        self._model = model
+        self.name = model.name
+        self.image_size = model.image_size
+        self.mask_threshold = model.mask_threshold
+        self.device = model.device
+        self.encoded_shapes: list[tuple] = []
+        self.decode_calls: list[dict] = []
+
+    def encode(self, image):
+        self.encoded_shapes.append(tuple(image.shape))
+        return self._model.encode(image)
+
+    def decode(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True):
+        self.decode_calls.append(
+            {
+                "points": None if point_coords is None else np.array(point_coords),
+                "boxes": None if boxes is None else np.array(boxes),
+                "mask_input": mask_input is not None,
+                "multimask": multimask_output,
+            }
+        )
+        return self._model.decode(embedding, point_coords, point_labels, boxes, mask_input, multimask_output)
+
+    def upscale(self, embedding, low_res_logits):
+        return self._model.upscale(embedding, low_res_logits)
+
+
+class DiskModel:
+    """A scripted 256-px model (``crop_to_prompt`` style), for exact expectations.
+
+    Wrap it in :class:`CallRecorder` to see what it was asked. A points prompt gives a disk of ``radius`` plane pixels around its first positive point (three
+    identical masks, predicted IoUs 0.5 / 0.9 / 0.7); a box gives the ellipse inscribed in it. Masks
+    are made in the window's frame, so what the session pastes back can be checked exactly.
+    """
+
+    name = "disk"
+    image_size = 256
+    mask_threshold = 0.0
+    device = "cpu"
+
+    def __init__(self, radius: float):
+        self.radius = float(radius)
+
+    def encode(self, image):
+        h, w = image.shape[:2]
+        s = 256 / max(h, w)
+        return Embedding(np.zeros((1, 4, 4), np.float32), (h, w), (round(h * s), round(w * s)), self.name)
+
+    def decode(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True):
+        h, w = embedding.original_size
+        s = 256 / max(h, w)
+        yy, xx = (np.mgrid[:256, :256] + 0.5) / s  # low-res pixel centres, window pixels
+        n = len(boxes) if boxes is not None else len(point_coords)
+        logits = np.empty((n, 256, 256), np.float32)
+        for b in range(n):
+            if boxes is not None:
+                x0, y0, x1, y1 = boxes[b]
+                inside = ((xx - (x0 + x1) / 2) / max((x1 - x0) / 2, 0.5)) ** 2 + ((yy - (y0 + y1) / 2) / max((y1 - y0) / 2, 0.5)) ** 2 <= 1
+            else:
+                cx, cy = point_coords[b][np.asarray(point_labels[b]) == 1][0]
+                inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= self.radius**2
+            logits[b] = np.where(inside, 10.0, -10.0)
+        m = 3 if multimask_output else 1
+        iou = np.tile(np.array([0.5, 0.9, 0.7] if m == 3 else [0.8], np.float32), (n, 1))
+        return DecoderOutput(np.repeat(logits[:, None], m, axis=1), iou)
+
+    def upscale(self, embedding, low_res_logits):
+        h, w = embedding.original_size
+        s = 256 / max(h, w)
+        rows = np.minimum(((np.arange(h) + 0.5) * s).astype(int), 255)
+        cols = np.minimum(((np.arange(w) + 0.5) * s).astype(int), 255)
+        return np.asarray(low_res_logits)[:, :, rows][:, :, :, cols]
+
+
+@pytest.fixture
+def call_recorder():
+    """The :class:`CallRecorder` class."""
+    return CallRecorder
+
+
+@pytest.fixture
+def disk_model():
+    """``disk_model(radius)``: a :class:`DiskModel` behind a :class:`CallRecorder`."""
+    return lambda radius: CallRecorder(DiskModel(radius))
+
+
+@pytest.fixture
+def disk_test_model():
+    """A registered ``disk-test`` model (``crop_to_prompt``): :class:`DiskModel` with radius 12."""
+    import dataclasses
+
+    from napari_sam_micro.models import registry
+
+    tiny = registry.get_spec("tiny-test")
+    built = []
+
+    def build(checkpoint, device):
+        built.append(DiskModel(radius=12))
+        return built[-1]
+
+    registry.register(dataclasses.replace(tiny, name="disk-test", display_name="disk-test", builder=build))
+    yield built
+    registry.unregister("disk-test")

@@ -13,37 +13,6 @@ from napari_sam_micro.core.prompts import Prompts
 from napari_sam_micro.session import AnnotationSession, EmbeddingNotReady
 
 
-class CountingModel:
-    """Wraps a PromptableModel and counts encoder / decoder calls (and what they got)."""
-
-    def __init__(self, model):
-        self._model = model
-        self.name = model.name
-        self.image_size = model.image_size
-        self.mask_threshold = model.mask_threshold
-        self.device = model.device
-        self.encoded_shapes: list[tuple] = []
-        self.decode_calls: list[dict] = []
-
-    def encode(self, image):
-        self.encoded_shapes.append(tuple(image.shape))
-        return self._model.encode(image)
-
-    def decode(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=True):
-        self.decode_calls.append(
-            {
-                "points": None if point_coords is None else np.array(point_coords),
-                "boxes": None if boxes is None else np.array(boxes),
-                "mask_input": mask_input is not None,
-                "multimask": multimask_output,
-            }
-        )
-        return self._model.decode(embedding, point_coords, point_labels, boxes, mask_input, multimask_output)
-
-    def upscale(self, embedding, low_res_logits):
-        return self._model.upscale(embedding, low_res_logits)
-
-
 def _image(seed=0, shape=(120, 160)):
     rng = np.random.default_rng(seed)
     img = rng.normal(1000, 50, shape)
@@ -52,8 +21,8 @@ def _image(seed=0, shape=(120, 160)):
 
 
 @pytest.fixture
-def model(tiny_model):
-    return CountingModel(tiny_model)
+def model(tiny_model, call_recorder):
+    return call_recorder(tiny_model)
 
 
 @pytest.fixture
@@ -177,33 +146,86 @@ def test_bad_prompts_raise_prompt_errors(session):
         session.predict(Prompts([[10, 10]], [0]))  # only negative points
 
 
-def test_crop_to_prompt_encodes_a_window_and_pastes_back(model):
+def _blobs(shape=(300, 400), blobs=(((100, 100), 10), ((150, 280), 30))):
+    """uint16 image with bright disks ``((row, col), radius)`` on a noisy background."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(1000, 20, shape)
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    for (r, c), rad in blobs:
+        img[(rr - r) ** 2 + (cc - c) ** 2 <= rad**2] += 3000
+    return img.astype(np.uint16)
+
+
+def _predict_all(s, prompts):
+    """predict(), computing every embedding it asks for; returns (prediction, windows encoded)."""
+    asked = []
+    for _ in range(6):
+        try:
+            return s.predict(prompts), asked
+        except EmbeddingNotReady as need:
+            asked.append(need.windows)
+            drain(s.embeddings_job(need.windows))
+    raise AssertionError("predict kept asking for embeddings")
+
+
+def test_a_click_window_follows_the_object_size_under_it(disk_model):
+    s = AnnotationSession(disk_model(radius=5), EmbeddingCache(), crop_to_prompt=True)
+    s.set_image(_blobs())
+    sides = []
+    for (r, c), diameter in (((100, 100), 20), ((150, 280), 60)):
+        (window,) = s.missing_embeddings(Prompts([[c, r]], [1]))
+        y0, y1, x0, x1 = window
+        assert y0 <= r < y1 and x0 <= c < x1
+        assert y1 - y0 == x1 - x0
+        assert 1.6 * diameter <= y1 - y0 <= 3.2 * diameter
+        sides.append(y1 - y0)
+    assert sides[1] > 2 * sides[0]
+
+
+def test_a_click_is_decoded_in_two_stages_and_pasted_back(disk_model):
+    model = disk_model(radius=8)
     s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
-    s.set_image(_image(shape=(300, 400)))
-    prompts = Prompts([[200, 150]], [1])
-    missing = s.missing_embeddings(prompts)
-    assert len(missing) == 1 and missing[0] is not None
-    y0, y1, x0, x1 = missing[0]
-    assert y1 - y0 == 64 and x1 - x0 == 64 and y0 <= 150 < y1 and x0 <= 200 < x1
-    with pytest.raises(EmbeddingNotReady):
-        s.predict(prompts)
-    drain(s.embeddings_job(missing))
-    assert model.encoded_shapes[-1] == (64, 64, 3)
-    pred = s.predict(prompts)
+    s.set_image(_blobs())
+    prompts = Prompts([[100, 100]], [1])  # (x, y) on the small blob
+    (first,) = s.missing_embeddings(prompts)
+    pred, asked = _predict_all(s, prompts)
+    # stage 1 in the click's window, stage 2 in the window of the first mask's box
+    assert asked[0] == [first] and len(asked) == 2
+    (second,) = asked[1]
+    assert second != first
+    click, boxed = model.decode_calls[-2:]
+    y0, y1, x0, x1 = first
+    np.testing.assert_allclose(click["points"], [[[100 - x0, 100 - y0]]])
+    assert click["multimask"] and click["boxes"] is None
+    assert not boxed["multimask"] and boxed["points"] is not None
+    # the box is the first mask's bounding box (a radius-8 disk) padded by CLICK_BOX_PAD, in window 2
+    Y0, Y1, X0, X1 = second
+    bx0, by0, bx1, by1 = boxed["boxes"][0] + [X0, Y0, X0, Y0]
+    assert bx0 < 92 < 108 < bx1 and by0 < 92 < 108 < by1
+    assert bx1 - bx0 < 16 * (1 + 2 * 0.1) + 4
     obj = pred.objects[0]
-    assert obj.window == missing[0]
-    assert obj.mask.shape == (300, 400)
+    assert obj.window == second and obj.kind == "points" and obj.predicted_iou == pytest.approx(0.8)
+    assert obj.mask.shape == (300, 400) and obj.mask[100, 100]
     outside = np.ones_like(obj.mask)
-    outside[y0:y1, x0:x1] = False
+    outside[Y0:Y1, X0:X1] = False
     assert not obj.mask[outside].any()
-    # the decoder saw the point relative to the window
-    np.testing.assert_allclose(model.decode_calls[-1]["points"], [[[200 - x0, 150 - y0]]])
-    # a second point near the first keeps the window (cached crop, refinement)
+    # a second point refines in the same window: nothing new is encoded, previous logits are used
     n_encoded = len(model.encoded_shapes)
-    pred2 = s.predict(Prompts([[200, 150], [205, 152]], [1, 1]))
-    assert pred2.objects[0].window == missing[0]
-    assert len(model.encoded_shapes) == n_encoded
+    pred2 = s.predict(Prompts([[100, 100], [103, 101]], [1, 1]))
+    assert pred2.objects[0].window == second and len(model.encoded_shapes) == n_encoded
     assert model.decode_calls[-1]["mask_input"]
+
+
+def test_a_click_window_grows_while_the_mask_reaches_its_border(disk_model):
+    model = disk_model(radius=40)  # far larger than the 20-px blob clicked on
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    s.set_image(_blobs())
+    (first,) = s.missing_embeddings(Prompts([[100, 100]], [1]))
+    side = first[1] - first[0]
+    _predict_all(s, Prompts([[100, 100]], [1]))
+    sides = [shape[0] for shape in model.encoded_shapes]
+    assert sides[:2] == [side, 2 * side]
+    assert s.preview.objects[0].mask.sum() > 0.7 * np.pi * 40**2
 
 
 def test_commit_plan_uses_next_free_ids_and_keeps_existing_labels(session):
@@ -276,33 +298,33 @@ def test_points_as_boxes_for_box_only_models(model):
     assert pred.objects[0].kind == "points" and pred.objects[0].mask.shape == (300, 400)
 
 
-def test_segment_seeds_job_decodes_each_seed_as_a_centred_click_in_its_window(model):
+def test_segment_seeds_job_decodes_each_seed_as_a_click(disk_model):
+    model = disk_model(radius=6)
     s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
-    s.set_image(_image(shape=(200, 240)))
+    s.set_image(_blobs(blobs=(((50, 60), 8), ((150, 180), 8))))
     seeds_rc = np.array([[50.0, 60.0], [150.0, 180.0], [150.0, 182.0]])
     windows = [s.plan_windows(Prompts([[c, r]], [1]))[0] for r, c in seeds_rc]
-    job = s.segment_seeds_job(seeds_rc, iou_floor=0.0, min_area=0)
-    n_decode = len(model.decode_calls)
-    result = drain(job)
-    calls = model.decode_calls[n_decode:]
-    assert len(calls) == 3
-    for call, (r, c), (y0, y1, x0, x1) in zip(calls, seeds_rc, windows):
-        # one positive click, (x, y) relative to the seed's window, all three masks asked for
-        np.testing.assert_allclose(call["points"], [[[c - x0, r - y0]]])
-        assert call["multimask"]
-    assert model.encoded_shapes[-3:] == [(64, 64, 3)] * 3
-    assert result.labels.shape == (200, 240) and result.labels.dtype == np.uint32
+    result = drain(s.segment_seeds_job(seeds_rc, iou_floor=0.0, min_area=0))
+    # per seed: a click (its first stage; repeated when the second stage's window had to be
+    # encoded first), then one decode of the first mask's box
+    clicks = [c for c in model.decode_calls if c["boxes"] is None]
+    boxed = [c for c in model.decode_calls if c["boxes"] is not None]
+    assert len(boxed) == 3 and all(not c["multimask"] for c in boxed)
+    expected = {(c - x0, r - y0) for (r, c), (y0, y1, x0, x1) in zip(seeds_rc, windows)}
+    # one positive click, (x, y) relative to the seed's window, all three masks asked for
+    assert {tuple(c["points"][0, 0].tolist()) for c in clicks} == expected
+    assert all(c["multimask"] and c["points"].shape == (1, 1, 2) for c in clicks)
+    assert result.labels.shape == (300, 400) and result.labels.dtype == np.uint32
     ids = np.unique(result.labels)
     ids = ids[ids > 0]
-    assert result.table["index"] == ids.tolist() == list(range(1, ids.size + 1))
+    # the two seeds on one object give one object (duplicates removed)
+    assert result.table["index"] == ids.tolist() == [1, 2]
     assert all(p == "seed" for p in result.table["prompt"])
-    # every object lies inside the union of the seed windows
-    inside = np.zeros((200, 240), bool)
-    for y0, y1, x0, x1 in windows:
-        inside[y0:y1, x0:x1] = True
-    assert not (result.labels[~inside] > 0).any()
+    for r, c in seeds_rc:
+        assert result.labels[int(r), int(c)] > 0
+    assert not result.labels[:30].any() and not result.labels[80:130].any()
     assert result.generation == s.generation
-    # the seed windows are cached: a second run encodes nothing new
+    # every window is cached: a second run encodes nothing new
     n_enc = len(model.encoded_shapes)
     drain(s.segment_seeds_job(seeds_rc))
     assert len(model.encoded_shapes) == n_enc

@@ -43,7 +43,8 @@ from psygnal import Signal
 from .core.cache import EmbeddingCache, content_digest, embedding_key
 from .core.errors import ImageError, PromptError, UserInputError
 from .core.labels import next_free_id, object_row
-from .core.masks import stability_score
+from .core.masks import mask_to_box_xyxy, stability_score
+from .core.object_size import click_diameter, object_polarity, typical_diameter
 from .core.model_api import Embedding, PromptableModel
 from .core.preprocess import PreprocessConfig, normalize_image, prompt_window
 from .core.progress import Job, Progress, drain
@@ -62,6 +63,18 @@ __all__ = [
 
 #: ``(y0, y1, x0, x1)`` half-open pixel window of the plane.
 Window = tuple[int, int, int, int]
+
+#: A lone click on a ``crop_to_prompt`` model is decoded in a window this many times the object
+#: diameter estimated at the click (:func:`~napari_sam_micro.core.object_size.click_diameter`):
+#: the models were trained on windows 1.6-2.6 x the object's box side, and the estimate is about
+#: 0.87 x that side on nuclei.
+CLICK_WINDOW_FACTOR = 2.4
+#: Smallest window (pixels) for a lone click.
+CLICK_WINDOW_MIN = 32
+#: How many times a click's window is doubled when its first mask reaches the window's border.
+CLICK_WINDOW_GROWTH = 2
+#: The box derived from a click's first mask is padded by this fraction of its longer side.
+CLICK_BOX_PAD = 0.1
 
 #: Candidate box sides for ``points_as_boxes``, as fractions of the largest one (``max(window_min, min(H, W) / 8)``).
 POINT_BOX_FRACTIONS = (0.125, 0.1875, 0.25, 0.375, 0.5, 0.75, 1.0)
@@ -184,6 +197,21 @@ def _window_covers(window: Window, hw: tuple[int, int]) -> bool:
     return y0 <= 0 and x0 <= 0 and y1 >= hw[0] and x1 >= hw[1]
 
 
+def _reaches_window_border(mask: np.ndarray, window: Window, hw: tuple[int, int]) -> bool:
+    """Whether ``mask`` (plane frame) touches a side of ``window`` that is not the plane's border."""
+    y0, y1, x0, x1 = window
+    sides = []
+    if y0 > 0:
+        sides.append(mask[y0, x0:x1])
+    if y1 < hw[0]:
+        sides.append(mask[y1 - 1, x0:x1])
+    if x0 > 0:
+        sides.append(mask[y0:y1, x0])
+    if x1 < hw[1]:
+        sides.append(mask[y0:y1, x1 - 1])
+    return any(bool(side.any()) for side in sides)
+
+
 def _prompt_bbox(obj: ObjectPrompt) -> np.ndarray:
     """``(x0, y0, x1, y1)`` of everything in an object prompt."""
     pts = []
@@ -211,7 +239,10 @@ class AnnotationSession:
     model_id : str, optional
         Identity of the model in cache keys (name plus checkpoint); default ``model.name``.
     window_scale, window_min : float, int
-        Window side = ``window_scale`` × the prompt's extent, at least ``window_min`` pixels.
+        Window side = ``window_scale`` × the prompt's extent, at least ``window_min`` pixels. A
+        points-only prompt on a model that takes clicks gets at least ``CLICK_WINDOW_FACTOR`` × the
+        object diameter estimated at its positive points (at least ``CLICK_WINDOW_MIN``), and a
+        fresh one is decoded in two stages (:meth:`_decode_click`).
     points_as_boxes : bool
         For box-only models (LiteMedSAM was trained with boxes; its decoder returns empty masks for
         point prompts): click prompts are turned into square candidate boxes around the positive
@@ -259,6 +290,7 @@ class AnnotationSession:
         self._plane: np.ndarray | None = None
         self._digest: str | None = None
         self._normalized: tuple[int, np.ndarray] | None = None
+        self._polarity: tuple[int, tuple[float, float | None]] | None = None
         self._embedding: Embedding | None = None
         self._preview: Prediction | None = None
 
@@ -488,9 +520,10 @@ class AnnotationSession:
     ) -> Job[SeededSegmentation]:
         """Seeded everything mode: segment one object per seed, as a centred click.
 
-        Each seed is decoded like a single positive click (:meth:`predict`'s windows: for
-        ``crop_to_prompt`` models a :func:`~napari_sam_micro.core.preprocess.prompt_window` around it,
-        encoded and cached), with the three multimask outputs; the kept output follows
+        Each seed is decoded like a single positive click through :meth:`predict`'s path (for
+        ``crop_to_prompt`` models the two stages of a click: a window sized from the object
+        diameter estimated at the seed, then the first mask's box; windows encoded and cached);
+        of the three multimask outputs of the click the kept one follows
         :func:`~napari_sam_micro.core.seeds.choose_seed_mask` (most stable among predicted IoU >=
         ``iou_floor``). Masks are then cleaned, de-duplicated and painted by
         :func:`~napari_sam_micro.core.seeds.resolve_seeded_masks`. The preview is not touched.
@@ -514,6 +547,9 @@ class AnnotationSession:
         model = self._model
         thr = float(model.mask_threshold)
 
+        def choose(iou, logits):
+            return choose_seed_mask(iou, stability_score(logits, thr), iou_floor)
+
         def run():
             masks, pious, stabs = [], [], []
             n = len(seeds)
@@ -522,28 +558,21 @@ class AnnotationSession:
                 obj = object_prompts(Prompts(points_xy=pts_xy, point_labels=lab))[0]
                 window = self._window(obj, None)
                 yield Progress(k, n, f"Seed {k + 1} of {n}: encoding its window")
-                if window is None and self._embedding is not None:
-                    emb = self._embedding
-                else:
-                    emb = yield from self.embedding_job(window)
-                if generation != self._generation:
-                    raise ImageError("The image changed while it was being segmented.")
-                coords, labels, _box = obj.decoder_args()
-                coords = coords - self._offset(window)[None, None, :]
-                out = model.decode(emb, point_coords=coords.astype(np.float32), point_labels=labels, multimask_output=True)
-                up = model.upscale(emb, out.low_res_logits[0][:, None])[:, 0]  # (M, h, w) logits
-                stab = stability_score(up, thr)
-                best = choose_seed_mask(out.iou_predictions[0], stab, iou_floor)
-                crop = up[best] > thr
-                if window is None:
-                    mask = crop
-                else:
-                    y0, y1, x0, x1 = window
-                    mask = np.zeros(hw, dtype=bool)
-                    mask[y0:y1, x0:x1] = crop
-                masks.append(mask)
-                pious.append(float(out.iou_predictions[0, best]))
-                stabs.append(float(stab[best]))
+                while True:
+                    if generation != self._generation:
+                        raise ImageError("The image changed while it was being segmented.")
+                    try:
+                        if self.crop_to_prompt and not self.points_as_boxes:
+                            result = self._decode_click(obj, window, self._get_embedding, choose=choose)
+                        else:
+                            result = self._decode_object(obj, window, self._get_embedding(window), choose=choose)
+                        break
+                    except EmbeddingNotReady as need:
+                        for missing in need.windows:
+                            yield from self.embedding_job(missing)
+                masks.append(result.mask)
+                pious.append(result.predicted_iou)
+                stabs.append(result.stability)
             yield Progress(n, n, "Resolving overlaps")
             labels_img, table = resolve_seeded_masks(
                 masks, pious, stabs, hw, nms_thresh=nms_thresh, fill_holes=fill_holes, keep_largest=keep_largest, min_area=min_area
@@ -590,12 +619,109 @@ class AnnotationSession:
                 return previous.window
         source = bbox if obj.box is not None or (obj.point_coords is not None and len(obj.point_coords) > 1) else obj.point_coords
         min_size = self.window_min
+        if obj.box is None and not self.points_as_boxes:
+            # a click says where, not how big: the window follows the object size estimated there
+            min_size = self._click_window_side(obj)
         if self.points_as_boxes and obj.box is None:
             # the object's size is unknown: candidate boxes up to the point-box scale, in a window
             # 1.5 times larger so that the largest candidate still has context around it
             min_size = int(round(1.5 * self._point_box_scale(hw)))
         window = prompt_window(source, hw, scale=self.window_scale, min_size=min_size)
         return None if _window_covers(window, hw) else tuple(int(v) for v in window)
+
+    def _click_window_side(self, obj: ObjectPrompt) -> int:
+        """Window side for a points-only prompt: ``CLICK_WINDOW_FACTOR`` x the diameter at its positive points."""
+        pos = np.asarray(obj.point_coords, np.float64)[np.asarray(obj.point_labels) == 1]
+        if len(pos) == 0:
+            return self.window_min
+        x, y = pos.mean(axis=0)
+        image = self._normalized_plane()
+        polarity, typical = self._object_scale()
+        diameter = click_diameter(image, y, x, polarity)
+        if typical is not None:
+            diameter = float(np.clip(diameter, typical / 2.0, typical * 2.0))
+        return int(max(CLICK_WINDOW_MIN, round(CLICK_WINDOW_FACTOR * diameter)))
+
+    def _object_scale(self) -> tuple[float, float | None]:
+        """``(polarity, typical diameter or None)`` of the plane's objects (once per generation).
+
+        See :func:`~napari_sam_micro.core.object_size.object_polarity` and
+        :func:`~napari_sam_micro.core.object_size.typical_diameter`.
+        """
+        gen = self._generation
+        cached = self._polarity
+        if cached is not None and cached[0] == gen:
+            return cached[1]
+        image = self._normalized_plane()
+        polarity = object_polarity(image)
+        value = (polarity, typical_diameter(image, polarity))
+        with self._lock:
+            if self._generation == gen:
+                self._polarity = (gen, value)
+        return value
+
+    def _decode_click(self, obj: ObjectPrompt, window: Window | None, get_embedding, choose=None) -> ObjectPreview:
+        """Decode a fresh points-only prompt on a ``crop_to_prompt`` model, in two stages.
+
+        1. The points in ``window`` (sized from the object diameter estimated at the click); a
+           single click uses the three-mask output and keeps ``choose(iou (3,), logits (3, h, w))``
+           (default: the highest predicted IoU). While the mask reaches a border of the window that
+           is not the image's, the window is doubled (at most ``CLICK_WINDOW_GROWTH`` times).
+        2. The first mask's bounding box (padded by ``CLICK_BOX_PAD``) plus the points, decoded in
+           the window a box prompt gets: the scale the models were trained on.
+
+        ``get_embedding(window)`` returns the window's embedding or raises
+        :class:`EmbeddingNotReady`; stage 2's window is only known after stage 1.
+        """
+        hw = self.image_hw
+        model = self._model
+        first = None
+        for attempt in range(CLICK_WINDOW_GROWTH + 1):
+            emb = get_embedding(window)
+            first = self._decode_object(obj, window, emb, choose=choose)
+            if window is None or attempt == CLICK_WINDOW_GROWTH or not _reaches_window_border(first.mask, window, hw):
+                break
+            y0, y1, x0, x1 = window
+            bigger = prompt_window(
+                np.asarray([[(x0 + x1) / 2.0, (y0 + y1) / 2.0]]), hw, min_size=2 * max(y1 - y0, x1 - x0)
+            )
+            bigger = None if _window_covers(bigger, hw) else tuple(int(v) for v in bigger)
+            if bigger == window:
+                break
+            window = bigger
+        if first is None or not first.mask.any():
+            return first
+        x0, y0, x1, y1 = mask_to_box_xyxy(first.mask).astype(np.float64)
+        pad = CLICK_BOX_PAD * max(x1 - x0, y1 - y0) + 1.0
+        box = np.clip([x0 - pad, y0 - pad, x1 + pad, y1 + pad], 0, [hw[1] - 1, hw[0] - 1, hw[1] - 1, hw[0] - 1])
+        boxed = ObjectPrompt(obj.point_coords, obj.point_labels, box.astype(np.float32), "box+points")
+        window2 = self._window(boxed, None)
+        second = self._decode_object(boxed, window2, get_embedding(window2))
+        return ObjectPreview(
+            mask=second.mask, predicted_iou=second.predicted_iou, stability=second.stability, kind=obj.kind,
+            low_res_logits=second.low_res_logits, window=second.window,
+        )
+
+    def _decode_object(self, obj: ObjectPrompt, window: Window | None, emb: Embedding, mask_input=None, choose=None) -> ObjectPreview:
+        """One decoder call for one object (points and/or box) in ``window``; the object's preview."""
+        off = self._offset(window)
+        coords, labels, box = obj.decoder_args()
+        if coords is not None:
+            coords = (coords - off[None, None, :]).astype(np.float32)
+        if box is not None:
+            box = (box - np.tile(off, 2)[None]).astype(np.float32)
+        multimask = mask_input is None and box is None and coords is not None and coords.shape[1] == 1
+        out = self._model.decode(
+            emb, point_coords=coords, point_labels=labels, boxes=box, mask_input=mask_input, multimask_output=multimask
+        )
+        low_res, iou = out.low_res_logits, out.iou_predictions
+        if multimask and choose is not None:
+            up = self._model.upscale(emb, low_res[0][:, None])[:, 0]
+            best = int(choose(iou[0], up))
+            low_res, iou = low_res[:, [best]], iou[:, [best]]
+        results: list[ObjectPreview | None] = [None]
+        self._collect(results, [0], [obj], window, emb, low_res, iou, self.image_hw)
+        return results[0]
 
     def plan_windows(self, prompts: Prompts) -> list[Window | None]:
         """Windows (None = whole plane) :meth:`predict` would decode ``prompts`` in."""
@@ -691,27 +817,16 @@ class AnnotationSession:
             if obj.kind == "box":
                 continue
             emb = self._get_embedding(window)
-            off = self._offset(window)
             if self.points_as_boxes:
                 self._points_as_boxes(results, k, obj, window, emb, hw)
                 continue
-            coords, labels, box = obj.decoder_args()
-            coords = coords - off[None, None, :]
-            if box is not None:
-                box = box - np.tile(off, 2)[None]
             mask_input = None
             if previous is not None and previous.window == window:
                 mask_input = previous.low_res_logits[None].astype(np.float32)
-            multimask = mask_input is None and box is None and coords.shape[1] == 1
-            out = model.decode(
-                emb,
-                point_coords=coords.astype(np.float32),
-                point_labels=labels,
-                boxes=None if box is None else box.astype(np.float32),
-                mask_input=mask_input,
-                multimask_output=multimask,
-            )
-            self._collect(results, [k], objects, window, emb, out.low_res_logits, out.iou_predictions, hw)
+            if obj.box is None and previous is None and self.crop_to_prompt:
+                results[k] = self._decode_click(obj, window, self._get_embedding)
+                continue
+            results[k] = self._decode_object(obj, window, emb, mask_input=mask_input)
 
         prediction = Prediction(tuple(results), prompts, self._generation, tuple(objects.warnings))
         self._preview = prediction

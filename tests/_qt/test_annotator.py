@@ -129,15 +129,17 @@ def test_embedding_worker_finishes_and_is_reused_from_cache(qtbot, viewer):
     assert widget.session.embedding is emb
 
 
-def test_click_preview_commit_undo_and_next_object(qtbot, viewer, notes):
+def test_click_preview_commit_undo_and_next_object(qtbot, viewer, notes, disk_test_model):
     viewer.add_image(_image(), name="cells")
-    widget = _widget(qtbot, viewer)
+    widget = _widget(qtbot, viewer, model="disk-test")
     _ready(qtbot, widget)
     layers = widget.layers
     _click(layers.prompts, (45, 60))
     assert layers.prompts.features["positive"].tolist() == [True]
     qtbot.waitUntil(lambda: widget.session.preview is not None and not widget.is_busy(), timeout=WAIT_MS)
     preview_mask = widget.session.preview.objects[0].mask
+    # the scripted model's click: a disk, then the ellipse in its (padded) box, around the click
+    assert preview_mask[45, 60] and 0.6 * np.pi * 12**2 < preview_mask.sum() < 2.0 * np.pi * 12**2
     np.testing.assert_array_equal(layers.preview.data > 0, preview_mask)
     ids = widget.commit()
     assert ids == [1]
@@ -188,9 +190,9 @@ def test_boxes_commit_several_objects_without_overwriting(qtbot, viewer, notes):
     assert set(out.features["prompt"]) == {"box"}
 
 
-def test_overwrite_off_warns_when_nothing_would_change(qtbot, viewer, notes):
+def test_overwrite_off_warns_when_nothing_would_change(qtbot, viewer, notes, disk_test_model):
     viewer.add_image(_image(), name="cells")
-    widget = _widget(qtbot, viewer)
+    widget = _widget(qtbot, viewer, model="disk-test")
     _ready(qtbot, widget)
     widget.layers.output.data[...] = 3
     _click(widget.layers.prompts, (45, 60))
@@ -220,8 +222,9 @@ def test_stale_embedding_is_dropped_when_the_image_changes_mid_way(qtbot, viewer
     image = viewer.add_image(_image(), name="cells")
     widget = _widget(qtbot, viewer, auto_embed=False)
     _slow_model(widget, monkeypatch, delay=1.0)
+    _idle(qtbot, widget)  # nothing else running (a model load would embed the new data afterwards)
     widget.compute_embedding()
-    assert widget.is_busy()
+    assert widget.is_busy() and widget._worker_kind == "embedding"
     # the job cannot be stopped in time (as if it finished just before the change)
     monkeypatch.setattr(widget, "cancel", lambda: None)
     new = _image(seed=3)
@@ -254,9 +257,9 @@ def test_keys_bound_while_alive_and_released_on_close(qtbot, viewer):
     assert widget._on_prompt_press not in prompts.mouse_drag_callbacks
 
 
-def test_commit_key_commits(qtbot, viewer):
+def test_commit_key_commits(qtbot, viewer, disk_test_model):
     viewer.add_image(_image(), name="cells")
-    widget = _widget(qtbot, viewer)
+    widget = _widget(qtbot, viewer, model="disk-test")
     _ready(qtbot, widget)
     _click(widget.layers.prompts, (45, 60))
     qtbot.waitUntil(lambda: widget.session.preview is not None and not widget.is_busy(), timeout=WAIT_MS)

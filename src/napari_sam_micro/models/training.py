@@ -51,6 +51,7 @@ __all__ = [
     "sample_crop",
     "precompute_crops_job",
     "load_crop_set",
+    "concat_crop_sets",
     "train_job",
     "trainable_state",
     "export_weights",
@@ -107,6 +108,9 @@ class TrainConfig:
     warmup: int = 15
     n_clicks: int = 1
     box_fraction: float = 0.5
+    box_point_fraction: float = 0.0
+    loose_box_jitter: float = 0.15
+    loose_box_pad: float = 0.1
     center_object_fraction: float = 0.6
     box_jitter: float = 0.08
     iou_loss_weight: float = 1.0
@@ -309,6 +313,20 @@ def load_crop_set(path: str | Path) -> CropSet:
     )
 
 
+def concat_crop_sets(sets: Sequence[CropSet]) -> CropSet:
+    """One :class:`CropSet` of several (a single set is returned as is, still memory-mapped)."""
+    sets = list(sets)
+    if len(sets) == 1:
+        return sets[0]
+    return CropSet(
+        embeddings=np.concatenate([s.embeddings for s in sets]),
+        inputs=np.concatenate([s.inputs for s in sets]),
+        labels=np.concatenate([s.labels for s in sets]),
+        centers=np.concatenate([s.centers for s in sets]),
+        modalities=[m for s in sets for m in s.modalities],
+    )
+
+
 # -- prompts in the 256 model frame ------------------------------------------------------------
 
 
@@ -329,10 +347,14 @@ def _choose_target(lab: np.ndarray, center: int, rng, cfg: TrainConfig) -> np.nd
     return None
 
 
-def _box_prompt(mask: np.ndarray, rng, jitter: float) -> np.ndarray:
+def _box_prompt(mask: np.ndarray, rng, jitter: float, pad: float = 0.0) -> np.ndarray:
+    """The mask's box, each side moved by up to ``jitter`` x the box size, then grown by ``pad`` x its longer side."""
     box = mask_to_box_xyxy(mask).astype(np.float64)
     side = np.tile(box[2:] - box[:2] + 1, 2)
     box = box + rng.uniform(-jitter, jitter, 4) * side
+    if pad:
+        grow = pad * float(side.max())
+        box = box + np.array([-grow, -grow, grow, grow])
     return np.clip(box, 0, MODEL_SIDE - 1)
 
 
@@ -488,22 +510,30 @@ def train_job(
             feats = net.image_encoder(imgs)
         else:
             feats = torch.from_numpy(np.asarray(crops.embeddings[chosen], np.float32)).to(dev)
-        is_box = rng.random(len(chosen)) < cfg.box_fraction
+        # prompt kind per sample: 0 box, 1 lone click, 2 loose box + click (a click's second stage)
+        p_point = max(0.0, 1.0 - cfg.box_fraction - cfg.box_point_fraction)
+        kinds = rng.choice(3, size=len(chosen), p=np.array([cfg.box_fraction, p_point, cfg.box_point_fraction]) / (cfg.box_fraction + p_point + cfg.box_point_fraction))
         total_loss = torch.zeros((), device=dev)
         ious_seen = []
-        for group_box in (True, False):
-            sel = np.flatnonzero(is_box == group_box)
+        for kind in (0, 1, 2):
+            sel = np.flatnonzero(kinds == kind)
             if sel.size == 0:
                 continue
+            group_box = kind != 1
             gts = [targets[j] for j in sel]
             target = torch.from_numpy(np.stack(gts).astype(np.float32)).to(dev)
             f = feats[torch.as_tensor(sel, device=dev)]
-            if group_box:
+            if kind == 0:
                 boxes = torch.as_tensor(np.stack([_box_prompt(g, rng, cfg.box_jitter) for g in gts]), dtype=torch.float, device=dev)
                 pts = np.zeros((len(sel), 0, 2))
                 lbl = np.zeros((len(sel), 0), np.int64)
-            else:
+            elif kind == 1:
                 boxes = None
+                pts = np.stack([_point_prompt(g, rng) for g in gts])
+                lbl = np.ones((len(sel), 1), np.int64)
+            else:
+                loose = [_box_prompt(g, rng, cfg.loose_box_jitter, pad=cfg.loose_box_pad) for g in gts]
+                boxes = torch.as_tensor(np.stack(loose), dtype=torch.float, device=dev)
                 pts = np.stack([_point_prompt(g, rng) for g in gts])
                 lbl = np.ones((len(sel), 1), np.int64)
             coords_t = torch.as_tensor(pts, dtype=torch.float, device=dev) if pts.shape[1] else None
