@@ -328,3 +328,24 @@ def test_segment_seeds_job_decodes_each_seed_as_a_click(disk_model):
     n_enc = len(model.encoded_shapes)
     drain(s.segment_seeds_job(seeds_rc))
     assert len(model.encoded_shapes) == n_enc
+
+def test_predict_job_encodes_every_stage_and_the_plane_job_measures_object_sizes(disk_model, monkeypatch):
+    import napari_sam_micro.session as session_module
+
+    calls = []
+    original = session_module.typical_diameter
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(session_module, "typical_diameter", counted)
+    model = disk_model(radius=8)
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    s.set_image(_blobs())
+    drain(s.embedding_job())  # the whole-plane job (a worker in napari) also measures the objects' scale
+    assert len(calls) == 1
+    pred = drain(s.predict_job(Prompts([[100, 100]], [1])))
+    assert len(calls) == 1  # the click found it measured
+    assert len(model.encoded_shapes) == 3  # the plane, then the click's two windows
+    assert pred.objects[0].mask[100, 100] and pred.objects[0].window is not None

@@ -300,17 +300,7 @@ class _PluginUser:
             point_labels=np.zeros(0, np.int32) if labels is None else np.asarray(labels, np.int32),
             boxes_xyxy=np.zeros((0, 4), np.float32) if box is None else np.asarray(box, np.float32)[None],
         )
-        from .session import EmbeddingNotReady
-
-        missing = self.session.missing_embeddings(prompts)
-        for _ in range(8):
-            if missing:
-                drain(self.session.embeddings_job(missing))
-            try:
-                return self.session.predict(prompts).objects[0].mask
-            except EmbeddingNotReady as need:  # a click's later stages: their windows follow the first mask
-                missing = need.windows
-        raise RuntimeError("the session kept asking for embeddings")
+        return drain(self.session.predict_job(prompts)).objects[0].mask
 
 
 # -- the evaluation job ---------------------------------------------------------------------------

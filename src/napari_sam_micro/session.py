@@ -34,8 +34,8 @@ cannot match the new image).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from psygnal import Signal
@@ -290,7 +290,7 @@ class AnnotationSession:
         self._plane: np.ndarray | None = None
         self._digest: str | None = None
         self._normalized: tuple[int, np.ndarray] | None = None
-        self._polarity: tuple[int, tuple[float, float | None]] | None = None
+        self._scale: tuple[int, tuple[float, float | None]] | None = None  # (generation, _object_scale())
         self._embedding: Embedding | None = None
         self._preview: Prediction | None = None
 
@@ -479,20 +479,26 @@ class AnnotationSession:
         return self._embedding_gen(key, window, generation, model)
 
     def _embedding_gen(self, key, window, generation, model):
-        cached = self.cache.get(key)
-        if cached is not None:
+        embedding = self.cache.get(key)
+        if embedding is not None:
             yield Progress(1, 1, "Embedding found in cache")
-            return cached
-        what = "the image" if window is None else "the prompt window"
-        yield Progress(0, 3, f"Preparing {what}")
-        image = self._normalized_plane(generation)
-        if window is not None:
-            y0, y1, x0, x1 = window
-            image = np.ascontiguousarray(image[y0:y1, x0:x1])
-        yield Progress(1, 3, f"Encoding {what} with {model.name}")
-        embedding = model.encode(image)
-        self.cache.put(key, embedding)
-        yield Progress(3, 3, "Embedding ready")
+        else:
+            what = "the image" if window is None else "the prompt window"
+            yield Progress(0, 3, f"Preparing {what}")
+            image = self._normalized_plane(generation)
+            if window is not None:
+                y0, y1, x0, x1 = window
+                image = np.ascontiguousarray(image[y0:y1, x0:x1])
+            yield Progress(1, 3, f"Encoding {what} with {model.name}")
+            embedding = model.encode(image)
+            self.cache.put(key, embedding)
+            yield Progress(3, 3, "Embedding ready")
+        if window is None and self._clicks_in_windows and generation == self._generation:
+            # the first click's window needs the objects' scale: measured here, off the GUI thread
+            try:
+                self._object_scale(generation)
+            except ImageError:  # the plane went away meanwhile: its embedding is stale anyway
+                pass
         return embedding
 
     def embeddings_job(self, windows: Sequence[Window | None]) -> Job[int]:
@@ -558,18 +564,9 @@ class AnnotationSession:
                 obj = object_prompts(Prompts(points_xy=pts_xy, point_labels=lab))[0]
                 window = self._window(obj, None)
                 yield Progress(k, n, f"Seed {k + 1} of {n}: encoding its window")
-                while True:
-                    if generation != self._generation:
-                        raise ImageError("The image changed while it was being segmented.")
-                    try:
-                        if self.crop_to_prompt and not self.points_as_boxes:
-                            result = self._decode_click(obj, window, self._get_embedding, choose=choose)
-                        else:
-                            result = self._decode_object(obj, window, self._get_embedding(window), choose=choose)
-                        break
-                    except EmbeddingNotReady as need:
-                        for missing in need.windows:
-                            yield from self.embedding_job(missing)
+                result = yield from self._with_embeddings(
+                    lambda: self._decode_new_points(obj, window, choose=choose), generation
+                )
                 masks.append(result.mask)
                 pious.append(result.predicted_iou)
                 stabs.append(result.stability)
@@ -619,7 +616,7 @@ class AnnotationSession:
                 return previous.window
         source = bbox if obj.box is not None or (obj.point_coords is not None and len(obj.point_coords) > 1) else obj.point_coords
         min_size = self.window_min
-        if obj.box is None and not self.points_as_boxes:
+        if obj.box is None and self._clicks_in_windows:
             # a click says where, not how big: the window follows the object size estimated there
             min_size = self._click_window_side(obj)
         if self.points_as_boxes and obj.box is None:
@@ -628,6 +625,42 @@ class AnnotationSession:
             min_size = int(round(1.5 * self._point_box_scale(hw)))
         window = prompt_window(source, hw, scale=self.window_scale, min_size=min_size)
         return None if _window_covers(window, hw) else tuple(int(v) for v in window)
+
+    @property
+    def _clicks_in_windows(self) -> bool:
+        """Whether new clicks take the two-stage path of :meth:`_decode_click` (crop models that take clicks)."""
+        return self.crop_to_prompt and not self.points_as_boxes
+
+    def _decode_new_points(self, obj: ObjectPrompt, window: Window | None, choose=None) -> ObjectPreview:
+        """Decode a points-only prompt with no previous mask to refine (a new click or a seed).
+
+        Raises :class:`EmbeddingNotReady` for a window still to encode.
+        """
+        if self._clicks_in_windows:
+            return self._decode_click(obj, window, self._get_embedding, choose=choose)
+        return self._decode_object(obj, window, self._get_embedding(window), choose=choose)
+
+    def _with_embeddings(self, decode: Callable[[], object], generation: int) -> Job:
+        """Run ``decode()``, encoding (in this job) every window it asks for, until it succeeds; a job.
+
+        Raises
+        ------
+        ImageError
+            The image changed meanwhile.
+        """
+        for _ in range(8):
+            if generation != self._generation:
+                raise ImageError("The image changed while it was being segmented.")
+            try:
+                return decode()
+            except EmbeddingNotReady as need:
+                for missing in need.windows:
+                    yield from self.embedding_job(missing)
+        raise RuntimeError("the embeddings asked for do not stay in the cache (is it too small?)")
+
+    def predict_job(self, prompts: Prompts) -> Job[Prediction]:
+        """:meth:`predict`, first encoding every window it needs (scripts, tests, the evaluation)."""
+        return self._with_embeddings(lambda: self.predict(prompts), self._generation)
 
     def _click_window_side(self, obj: ObjectPrompt) -> int:
         """Window side for a points-only prompt: ``CLICK_WINDOW_FACTOR`` x the diameter at its positive points."""
@@ -642,22 +675,23 @@ class AnnotationSession:
             diameter = float(np.clip(diameter, typical / 2.0, typical * 2.0))
         return int(max(CLICK_WINDOW_MIN, round(CLICK_WINDOW_FACTOR * diameter)))
 
-    def _object_scale(self) -> tuple[float, float | None]:
+    def _object_scale(self, generation: int | None = None) -> tuple[float, float | None]:
         """``(polarity, typical diameter or None)`` of the plane's objects (once per generation).
 
         See :func:`~napari_sam_micro.core.object_size.object_polarity` and
-        :func:`~napari_sam_micro.core.object_size.typical_diameter`.
+        :func:`~napari_sam_micro.core.object_size.typical_diameter`. The whole-plane embedding job
+        computes it in its worker, so that the first click does not wait for it.
         """
-        gen = self._generation
-        cached = self._polarity
+        gen = self._generation if generation is None else generation
+        cached = self._scale
         if cached is not None and cached[0] == gen:
             return cached[1]
-        image = self._normalized_plane()
+        image = self._normalized_plane(gen)
         polarity = object_polarity(image)
         value = (polarity, typical_diameter(image, polarity))
         with self._lock:
             if self._generation == gen:
-                self._polarity = (gen, value)
+                self._scale = (gen, value)
         return value
 
     def _decode_click(self, obj: ObjectPrompt, window: Window | None, get_embedding, choose=None) -> ObjectPreview:
@@ -697,10 +731,7 @@ class AnnotationSession:
         boxed = ObjectPrompt(obj.point_coords, obj.point_labels, box.astype(np.float32), "box+points")
         window2 = self._window(boxed, None)
         second = self._decode_object(boxed, window2, get_embedding(window2))
-        return ObjectPreview(
-            mask=second.mask, predicted_iou=second.predicted_iou, stability=second.stability, kind=obj.kind,
-            low_res_logits=second.low_res_logits, window=second.window,
-        )
+        return replace(second, kind=obj.kind)
 
     def _decode_object(self, obj: ObjectPrompt, window: Window | None, emb: Embedding, mask_input=None, choose=None) -> ObjectPreview:
         """One decoder call for one object (points and/or box) in ``window``; the object's preview."""
@@ -823,8 +854,8 @@ class AnnotationSession:
             mask_input = None
             if previous is not None and previous.window == window:
                 mask_input = previous.low_res_logits[None].astype(np.float32)
-            if obj.box is None and previous is None and self.crop_to_prompt:
-                results[k] = self._decode_click(obj, window, self._get_embedding)
+            if obj.box is None and previous is None:
+                results[k] = self._decode_new_points(obj, window)
                 continue
             results[k] = self._decode_object(obj, window, emb, mask_input=mask_input)
 
