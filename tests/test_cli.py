@@ -87,3 +87,5 @@ def test_evaluate_missing_data_is_a_clean_error(tmp_path, capsys):
 def test_parser_defaults():
     args = build_parser().parse_args(["evaluate", "--data", "d"])
     assert args.split == "val" and args.clicks == 3 and args.everything is True and args.model is None
+    assert args.checkpoint is None
+    assert build_parser().parse_args(["evaluate", "--data", "d", "--checkpoint", "w.npz"]).checkpoint == "w.npz"

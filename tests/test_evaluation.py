@@ -174,3 +174,25 @@ def test_shipped_model_beats_baselines_on_a_validation_subset(shared_data):
     assert iou["micro-tiny"]["box"]["all"] > iou["ellipse"]["box"]["all"]
     assert iou["micro-tiny"]["box+clicks"]["all"] > iou["litemedsam"]["box+clicks"]["all"]
     assert iou["micro-tiny"]["point"]["fluorescence"] > iou["litemedsam"]["point"]["fluorescence"]
+
+
+def test_evaluate_job_loads_a_checkpoint_for_the_model_under_test_only(tmp_path, monkeypatch):
+    pytest.importorskip("segment_anything")
+    from napari_sam_micro.models import registry
+
+    write_synthetic_set(tmp_path, 1, "fluorescence")
+    loads = []
+    real_load = registry.load_model
+
+    def recording_load(name, device=None, checkpoint=None):
+        loads.append((name, checkpoint))
+        return real_load(name, device=device)  # the tiny test model has no weights file of its own
+
+    monkeypatch.setattr(registry, "load_model", recording_load)
+    ckpt = tmp_path / "mine.pt"
+    result = drain(
+        evaluate_job("tiny-test", tmp_path, split="all", prompt_kinds=("box",), everything=False,
+                     baselines=("litemedsam", "ellipse"), device="cpu", checkpoint=ckpt)
+    )
+    assert loads == [("tiny-test", ckpt), ("litemedsam", None)]
+    assert result["settings"]["checkpoint"] == str(ckpt)

@@ -71,6 +71,7 @@ def _evaluate(args) -> int:
         device=args.device,
         everything_images=args.everything_images,
         modalities=tuple(args.modalities.split(",")) if args.modalities else None,
+        checkpoint=args.checkpoint,
     )
     result = drain(job, None if args.quiet else _bar(sys.stderr))
     if not args.quiet:
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a model with a simulated user on labelled images")
     ev.add_argument("--model", default=None, help="registry name (default: the plugin's default model)")
+    ev.add_argument("--checkpoint", default=None,
+                    help="weights file of the model under test (e.g. your own micro-tiny fine-tune)")
     ev.add_argument("--data", required=True, help="folder of data sets (each with index.csv, images/, labels/)")
     ev.add_argument("--split", default="val", choices=["val", "train", "all"])
     ev.add_argument("--limit", type=int, default=None, help="at most N images per modality")

@@ -256,16 +256,6 @@ def ellipse_in_box(box_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarra
 # -- inference: the plugin's own path ------------------------------------------------------------
 
 
-#: Model families whose image encoder and input path are LiteMedSAM's, unchanged (``micro`` only
-#: fine-tunes the prompt encoder and mask decoder): their embeddings are identical and shared.
-_LITEMEDSAM_ENCODER_FAMILIES = ("litemedsam", "micro")
-
-
-def _encoder_id(spec) -> str:
-    """Cache identity of a model's embeddings (shared by models with the same encoder)."""
-    return "litemedsam-encoder" if spec.family in _LITEMEDSAM_ENCODER_FAMILIES else spec.name
-
-
 def _new_cache():
     from .core.cache import EmbeddingCache
 
@@ -334,6 +324,7 @@ def evaluate_job(
     amg_params=None,
     everything_images: int | None = None,
     modalities: Sequence[str] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> Generator[Progress, None, dict]:
     """Evaluate ``model_name`` (and baselines) with a simulated user; a job.
 
@@ -370,6 +361,10 @@ def evaluate_job(
         Run the everything mode on at most this many images per modality (it is slow on a CPU).
     modalities : sequence of str, optional
         Only these modalities (when ``subset`` is None).
+    checkpoint : path, optional
+        Weights of the model under test other than its default ones (a user's own fine-tune, e.g.
+        a ``scripts/train_micro.py`` output for ``micro-tiny``); its embeddings are then never
+        shared with a baseline's.
 
     Yields
     ------
@@ -403,9 +398,12 @@ def evaluate_job(
     amg_done: dict[tuple[str, str], int] = {}
     specs = {name: get_spec(name) for name in model_names}
     models = {}
+    embedding_ids = {name: specs[name].embedding_id for name in model_names}
+    if checkpoint is not None:
+        embedding_ids[model_name] = f"{model_name}|{Path(checkpoint).expanduser().resolve()}"
     for name in model_names:
         yield Progress(done, total, f"loading {name}")
-        models[name] = load_model(name, device=device)
+        models[name] = load_model(name, device=device, checkpoint=checkpoint if name == model_name else None)
     for rec in records:
         raw, labels = load_raw(rec)
         config = preprocess_config_for(raw)
@@ -423,7 +421,7 @@ def evaluate_job(
         for name in model_names:
             yield Progress(done, total, f"{name}: {rec.key}")
             spec, model = specs[name], models[name]
-            user = _PluginUser(model, spec, raw, config, cache, _encoder_id(spec))
+            user = _PluginUser(model, spec, raw, config, cache, embedding_ids[name])
             rows.extend(_score_objects(user, name, rec, labels, objects, prompt_kinds, n_clicks))
             count = amg_done.get((name, rec.modality), 0)
             if everything and (everything_images is None or count < everything_images):
@@ -434,6 +432,7 @@ def evaluate_job(
     result = _summarise(model_names, with_ellipse, records, rows, f1_rows, split)
     result["n_objects"] = n_objects
     result["settings"] = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
+                          "checkpoint": None if checkpoint is None else str(checkpoint),
                           "min_area": min_area, "seed": seed, "everything_images": everything_images,
                           "limit": limit, "split": split}
     return result

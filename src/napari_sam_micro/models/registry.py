@@ -32,6 +32,7 @@ from ..core.model_api import PromptableModel
 from ..core.progress import Progress, drain
 
 __all__ = [
+    "LITEMEDSAM_ENCODER_ID",
     "ModelSpec",
     "register",
     "unregister",
@@ -45,6 +46,10 @@ __all__ = [
 
 #: ``builder(checkpoint, device) -> PromptableModel``; ``checkpoint`` is None for bundled / random weights.
 Builder = Callable[[Path | None, str], PromptableModel]
+
+
+#: :attr:`ModelSpec.encoder_id` of models whose image encoder is LiteMedSAM's, unchanged.
+LITEMEDSAM_ENCODER_ID = "litemedsam-encoder"
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class ModelSpec:
         boxes around it (see :class:`napari_sam_micro.session.AnnotationSession`).
     builder : callable
         ``builder(checkpoint: Path | None, device: str) -> PromptableModel``.
+    encoder_id : str, optional
+        Identity of the image encoder and its input path, for models that share one (their
+        embeddings are identical and may be cached once); default: ``name``. See :attr:`embedding_id`.
     """
 
     name: str
@@ -92,6 +100,12 @@ class ModelSpec:
     description: str = ""
     builder: Builder | None = None
     point_prompts: bool = True
+    encoder_id: str | None = None
+
+    @property
+    def embedding_id(self) -> str:
+        """Cache identity of this model's embeddings: :attr:`encoder_id`, else :attr:`name`."""
+        return self.encoder_id or self.name
 
     @property
     def seeded_everything(self) -> bool:
@@ -389,6 +403,7 @@ def _register_builtins() -> None:
             name="litemedsam",
             display_name="LiteMedSAM (offline)",
             family="litemedsam",
+            encoder_id=LITEMEDSAM_ENCODER_ID,
             image_size=256,
             offline=True,
             crop_to_prompt=True,

@@ -1,4 +1,4 @@
-"""Fine-tuning LiteMedSAM's prompt encoder and mask decoder for microscopy ("micro-tiny").
+"""Fine-tuning LiteMedSAM for microscopy ("micro-tiny"): decoder, prompt encoder, image encoder's tail.
 
 Pipeline
 --------
@@ -11,15 +11,18 @@ Pipeline
    path). Stored: embeddings ``(N, 256, 64, 64)`` float16, the encoder inputs
    ``(N, 256, 256, 3)`` float16 (for full fine-tuning), label crops in the model frame
    ``(N, 256, 256)`` int32 and the id of the prompted object.
+   :func:`encoder_tail_tokens_job` adds the input of the image encoder's last stage
+   (``(N, 4096, 320)`` float16), so that the last stage and the neck can be trained on a CPU.
 2. :func:`train_job`: AdamW on the prompt encoder and mask decoder (``TrainConfig.train_encoder``
-   also trains the image encoder from the stored inputs; meant for a GPU). Each sample is
+   also trains the image encoder from the stored inputs, meant for a GPU;
+   ``TrainConfig.train_encoder_tail`` trains its last stage + neck from the cached tokens). Each sample is
    prompted with a box (jittered) or a point (the interior point or a random interior pixel),
    then one or more corrective clicks sampled in the error region of the previous prediction,
    with the previous low-res logits fed back as ``mask_input``. Loss: BCE + Dice on the
    ``256 x 256`` low-res logits (single-mask token, plus the best of the three multimask tokens),
    and MSE of the IoU head against the real IoU of every token's mask.
-3. :func:`export_weights`: the prompt encoder + mask decoder state dict as float16 ``.npz``
-   (loaded on top of the bundled LiteMedSAM encoder by :mod:`napari_sam_micro.models.micro`).
+3. :func:`export_weights`: the trained parts' state dict as float16 ``.npz`` (loaded on top of
+   the bundled LiteMedSAM by :mod:`napari_sam_micro.models.micro`).
 
 The split of images into train / validation is made by the caller
 (:func:`napari_sam_micro.evaluation.split_records`); nothing here sees validation images.
@@ -50,12 +53,18 @@ __all__ = [
     "CropSet",
     "sample_crop",
     "precompute_crops_job",
+    "encoder_tail_tokens_job",
+    "encoder_head",
+    "encoder_tail",
     "load_crop_set",
     "concat_crop_sets",
     "train_job",
     "trainable_state",
     "export_weights",
     "load_exported",
+    "encoder_tail_parts",
+    "DECODER_PARTS",
+    "ENCODER_TAIL_PARTS",
     "dice_loss",
 ]
 
@@ -99,7 +108,12 @@ class CropConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings of :func:`train_job`."""
+    """Optimisation settings of :func:`train_job`.
+
+    ``train_encoder`` trains the whole image encoder from the stored inputs (for a GPU);
+    ``train_encoder_tail`` its last stage + neck from cached tokens (:func:`encoder_tail_tokens_job`),
+    at ``encoder_lr_scale`` x ``lr``.
+    """
 
     steps: int = 300
     batch_size: int = 4
@@ -116,6 +130,8 @@ class TrainConfig:
     iou_loss_weight: float = 1.0
     multimask_loss_weight: float = 0.5
     train_encoder: bool = False
+    train_encoder_tail: bool = False
+    encoder_lr_scale: float = 0.5
     device: str = "cpu"
     seed: int = 0
     log_every: int = 10
@@ -293,6 +309,8 @@ class CropSet:
     labels: np.ndarray
     centers: np.ndarray
     modalities: list
+    #: Input of the image encoder's last stage, ``(N, 4096, 320)`` float16, when cached.
+    tokens: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.centers.shape[0])
@@ -304,12 +322,17 @@ def load_crop_set(path: str | Path) -> CropSet:
     meta = json.loads((path / "meta.json").read_text())
     n = int(meta.get("done", len(meta["items"])))
     items = meta["items"][:n]
+    tokens = None
+    if (path / TOKENS_FILE).is_file():
+        tokens = np.load(path / TOKENS_FILE, mmap_mode="r")
+        tokens = tokens[:n] if tokens.shape[0] >= n else None
     return CropSet(
         embeddings=np.load(path / "embeddings.npy", mmap_mode="r")[:n],
         inputs=np.load(path / "inputs.npy", mmap_mode="r")[:n],
         labels=np.load(path / "labels.npy", mmap_mode="r")[:n],
         centers=np.array([it["center"] for it in items], np.int64),
         modalities=[it["modality"] for it in items],
+        tokens=tokens,
     )
 
 
@@ -324,7 +347,70 @@ def concat_crop_sets(sets: Sequence[CropSet]) -> CropSet:
         labels=np.concatenate([s.labels for s in sets]),
         centers=np.concatenate([s.centers for s in sets]),
         modalities=[m for s in sets for m in s.modalities],
+        tokens=np.concatenate([s.tokens for s in sets]) if all(s.tokens is not None for s in sets) else None,
     )
+
+
+# -- the image encoder split before its last stage ----------------------------------------------
+
+#: File of :func:`encoder_tail_tokens_job` in a crop folder.
+TOKENS_FILE = "tail_tokens.npy"
+
+
+def encoder_head(encoder, images: torch.Tensor) -> torch.Tensor:
+    """TinyViT up to (not including) its last stage: ``(B, 3, 256, 256)`` -> tokens ``(B, 4096, C)``."""
+    x = encoder.layers[0](encoder.patch_embed(images))
+    for layer in encoder.layers[1:-1]:
+        x = layer(x)
+    return x
+
+
+def encoder_tail(encoder, tokens: torch.Tensor) -> torch.Tensor:
+    """TinyViT's last stage and neck: tokens ``(B, 4096, C)`` -> embeddings ``(B, 256, 64, 64)``.
+
+    ``encoder_tail(enc, encoder_head(enc, x))`` equals ``enc(x)``.
+    """
+    x = encoder.layers[-1](tokens)
+    b, n, c = x.shape
+    side = int(round(math.sqrt(n)))
+    return encoder.neck(x.view(b, side, side, c).permute(0, 3, 1, 2))
+
+
+def encoder_tail_tokens_job(
+    crop_dir: str | Path, net=None, device: str = "cpu", batch_size: int = 4
+) -> Generator[Progress, None, Path]:
+    """Cache :func:`encoder_head` of every crop's stored input as ``crop_dir/tail_tokens.npy``.
+
+    Written ``(N, 4096, C)`` float16 (``C`` = 320 for LiteMedSAM), N = the crops finished in
+    ``crop_dir``; returns the file's path. ``net`` defaults to the bundled LiteMedSAM.
+    """
+    from .litemedsam import build_litemedsam
+
+    crops = load_crop_set(crop_dir)
+    if net is None:
+        net = build_litemedsam(device=device).net
+    enc = net.image_encoder.eval()
+    n = len(crops)
+    out = Path(crop_dir) / TOKENS_FILE
+    tmp = out.with_suffix(".tmp.npy")
+    tokens = None
+    t0 = time.time()
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        x = torch.from_numpy(np.asarray(crops.inputs[start:stop], np.float32)).permute(0, 3, 1, 2).to(device)
+        with torch.inference_mode():
+            t = encoder_head(enc, x).float().cpu().numpy().astype(np.float16)
+        if tokens is None:
+            tokens = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, *t.shape[1:]))
+        tokens[start:stop] = t
+        rate = (time.time() - t0) / stop
+        yield Progress(stop, n, f"encoder head {stop}/{n} crops ({rate:.1f} s/crop)")
+    if tokens is None:
+        raise ValueError(f"no crops in {crop_dir}")
+    tokens.flush()
+    del tokens
+    tmp.replace(out)
+    return out
 
 
 # -- prompts in the 256 model frame ------------------------------------------------------------
@@ -417,11 +503,21 @@ def _real_iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # -- training ----------------------------------------------------------------------------------
 
 
-def trainable_state(net) -> dict:
-    """The prompt encoder + mask decoder state dict (keys prefixed ``prompt_encoder.`` / ``mask_decoder.``)."""
+#: Modules trained besides the prompt encoder and mask decoder when the encoder's tail is tuned.
+ENCODER_TAIL_PARTS = ("image_encoder.layers.3", "image_encoder.neck")
+DECODER_PARTS = ("prompt_encoder", "mask_decoder")
+
+
+def encoder_tail_parts(net) -> list:
+    """The modules of :data:`ENCODER_TAIL_PARTS` (the image encoder's last stage and neck)."""
+    return [net.get_submodule(name) for name in ENCODER_TAIL_PARTS]
+
+
+def trainable_state(net, parts: Sequence[str] = DECODER_PARTS) -> dict:
+    """State dict of the modules ``parts`` (dotted paths), keys prefixed with the path."""
     state = {}
-    for part in ("prompt_encoder", "mask_decoder"):
-        for k, v in getattr(net, part).state_dict().items():
+    for part in parts:
+        for k, v in net.get_submodule(part).state_dict().items():
             state[f"{part}.{k}"] = v
     return state
 
@@ -475,13 +571,22 @@ def train_job(
     net = net.to(dev)
     net.train()
     params = list(net.prompt_encoder.parameters()) + list(net.mask_decoder.parameters())
+    groups = [{"params": params}]
     if cfg.train_encoder:
         params += list(net.image_encoder.parameters())
     else:
-        net.image_encoder.eval()
+        net.image_encoder.eval()  # also keeps its batch-norm statistics fixed
         for p in net.image_encoder.parameters():
             p.requires_grad_(False)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.train_encoder_tail:
+            if crops.tokens is None:
+                raise ValueError("train_encoder_tail needs the cached tokens of encoder_tail_tokens_job")
+            tail = [p for part in encoder_tail_parts(net) for p in part.parameters()]
+            for p in tail:
+                p.requires_grad_(True)
+            groups.append({"params": tail, "lr": cfg.lr * cfg.encoder_lr_scale})
+            params = params + tail
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step):
         if step < cfg.warmup:
@@ -508,6 +613,9 @@ def train_job(
         if cfg.train_encoder:
             imgs = torch.from_numpy(np.asarray(crops.inputs[chosen], np.float32)).permute(0, 3, 1, 2).to(dev)
             feats = net.image_encoder(imgs)
+        elif cfg.train_encoder_tail:
+            tokens = torch.from_numpy(np.asarray(crops.tokens[chosen], np.float32)).to(dev)
+            feats = encoder_tail(net.image_encoder, tokens)
         else:
             feats = torch.from_numpy(np.asarray(crops.embeddings[chosen], np.float32)).to(dev)
         # prompt kind per sample: 0 box, 1 lone click, 2 loose box + click (a click's second stage)
@@ -588,14 +696,18 @@ def train_job(
 # -- export ------------------------------------------------------------------------------------
 
 
-def export_weights(net, path: str | Path, metadata: dict | None = None) -> str:
-    """Write the prompt encoder + mask decoder as float16 ``.npz`` (no pickle); returns its SHA-256.
+def export_weights(net, path: str | Path, metadata: dict | None = None, parts: Sequence[str] = DECODER_PARTS) -> str:
+    """Write the modules ``parts`` as ``.npz`` (no pickle; float16, integer buffers unchanged); returns its SHA-256.
 
     ``metadata`` (JSON-serialisable) is written beside it as ``<stem>.json`` with the checksum.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: v.detach().cpu().float().numpy().astype(np.float16) for k, v in trainable_state(net).items()}
+    arrays = {
+        # floating tensors as float16; integer buffers (batch-norm counters, > float16's range) as they are
+        k: v.detach().cpu().float().numpy().astype(np.float16) if v.is_floating_point() else v.detach().cpu().numpy()
+        for k, v in trainable_state(net, parts).items()
+    }
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
@@ -608,12 +720,29 @@ def export_weights(net, path: str | Path, metadata: dict | None = None) -> str:
     return digest
 
 
-def load_exported(net, path: str | Path) -> None:
-    """Load weights written by :func:`export_weights` into a LiteMedSAM network (strict on those keys)."""
+def load_exported(net, path: str | Path) -> tuple[str, ...]:
+    """Load weights written by :func:`export_weights` into a LiteMedSAM network; returns the parts loaded.
+
+    The prompt encoder and mask decoder must be complete; other keys (the image encoder's tail)
+    must name existing parameters of the same shape.
+
+    Raises
+    ------
+    KeyError
+        Decoder keys missing, or keys that are not LiteMedSAM parameters.
+    RuntimeError
+        A shape mismatch.
+    """
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    for part in ("prompt_encoder", "mask_decoder"):
-        module = getattr(net, part)
-        prefix = f"{part}."
-        sub = {k[len(prefix):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items() if k.startswith(prefix)}
-        module.load_state_dict(sub, strict=True)
+    state = net.state_dict()
+    unknown = sorted(set(arrays) - set(state))
+    if unknown:
+        raise KeyError(f"not LiteMedSAM parameters: {unknown[:3]}")
+    missing = sorted(k for k in trainable_state(net) if k not in arrays)
+    if missing:
+        raise KeyError(f"missing prompt encoder / mask decoder weights: {missing[:3]}")
+    for k, v in arrays.items():
+        state[k] = torch.from_numpy(v.astype(np.float32) if v.dtype == np.float16 else v).to(state[k].dtype)
+    net.load_state_dict(state, strict=True)
+    return tuple(p for p in DECODER_PARTS + ENCODER_TAIL_PARTS if any(k.startswith(p + ".") for k in arrays))
