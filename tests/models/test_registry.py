@@ -45,6 +45,9 @@ def test_builtin_specs():
     lms = get_spec("litemedsam")
     assert lms.image_size == 256 and lms.crop_to_prompt and lms.url is None
     assert get_spec("tiny-test").url is None  # never downloads
+    # cache identity of embeddings: the encoder's when declared (shared), else the model's name
+    assert lms.embedding_id == registry.LITEMEDSAM_ENCODER_ID
+    assert get_spec("vit_b").embedding_id == "vit_b" != get_spec("vit_l").embedding_id
 
 
 def test_unknown_model_lists_known_names():
