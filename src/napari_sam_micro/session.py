@@ -708,7 +708,6 @@ class AnnotationSession:
         :class:`EmbeddingNotReady`; stage 2's window is only known after stage 1.
         """
         hw = self.image_hw
-        model = self._model
         first = None
         for attempt in range(CLICK_WINDOW_GROWTH + 1):
             emb = get_embedding(window)
@@ -847,17 +846,16 @@ class AnnotationSession:
         for k, (obj, window) in enumerate(zip(objects, windows)):
             if obj.kind == "box":
                 continue
-            emb = self._get_embedding(window)
             if self.points_as_boxes:
-                self._points_as_boxes(results, k, obj, window, emb, hw)
+                self._points_as_boxes(results, k, obj, window, self._get_embedding(window), hw)
+                continue
+            if obj.box is None and previous is None:  # a fresh click (two stages on crop models)
+                results[k] = self._decode_new_points(obj, window)
                 continue
             mask_input = None
             if previous is not None and previous.window == window:
                 mask_input = previous.low_res_logits[None].astype(np.float32)
-            if obj.box is None and previous is None:
-                results[k] = self._decode_new_points(obj, window)
-                continue
-            results[k] = self._decode_object(obj, window, emb, mask_input=mask_input)
+            results[k] = self._decode_object(obj, window, self._get_embedding(window), mask_input=mask_input)
 
         prediction = Prediction(tuple(results), prompts, self._generation, tuple(objects.warnings))
         self._preview = prediction

@@ -56,30 +56,6 @@ def image():
     return structured_image()
 
 
-class CountingModel:
-    """A PromptableModel wrapper that counts decoder calls (not an adapter: uses the numpy path)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name = inner.name
-        self.image_size = inner.image_size
-        self.mask_threshold = inner.mask_threshold
-        self.device = inner.device
-        self.decode_calls = 0
-        self.encode_calls = 0
-
-    def encode(self, image):
-        self.encode_calls += 1
-        return self.inner.encode(image)
-
-    def decode(self, *args, **kwargs):
-        self.decode_calls += 1
-        return self.inner.decode(*args, **kwargs)
-
-    def upscale(self, embedding, low_res_logits):
-        return self.inner.upscale(embedding, low_res_logits)
-
-
 def _install_fake_cv2(monkeypatch):
     """SAM's ``remove_small_regions`` imports cv2 (not installed): give it connectedComponentsWithStats
     from scikit-image (an implementation independent of ours, which uses scipy)."""
@@ -151,15 +127,15 @@ def test_same_masks_as_sam_with_crops_and_small_region_cleanup(tiny_model, image
     _assert_same_records(ref, result.to_sam_records())
 
 
-def test_refilter_needs_no_model_run_and_equals_a_fresh_run(tiny_model, image):
-    model = CountingModel(tiny_model)
+def test_refilter_needs_no_model_run_and_equals_a_fresh_run(tiny_model, image, call_recorder):
+    model = call_recorder(tiny_model)  # not an adapter: takes the numpy path
     candidates = drain(generate_candidates(model, image, AmgParams(**TINY)))
-    calls = (model.encode_calls, model.decode_calls)
+    calls = (len(model.encoded_shapes), len(model.decode_calls))
     assert calls[0] == 1 and calls[1] > 0
     stricter = AmgParams(**{**TINY, "stability_score_thresh": 0.05, "box_nms_thresh": 0.7})
     refiltered = candidates.filter(stricter)
     again = candidates.filter(box_nms_thresh=0.7, stability_score_thresh=0.05)
-    assert (model.encode_calls, model.decode_calls) == calls  # no model call
+    assert (len(model.encoded_shapes), len(model.decode_calls)) == calls  # no model call
     fresh = drain(automatic_segmentation(tiny_model, image, stricter))
     assert len(refiltered) == len(fresh) == len(again) > 0
     assert len(refiltered) < len(candidates.filter())
@@ -187,8 +163,8 @@ def test_default_floors_keep_candidates_for_lower_thresholds():
         AmgParams(box_nms_thresh=1.5)
 
 
-def test_progress_and_cancellation(tiny_model, image):
-    model = CountingModel(tiny_model)
+def test_progress_and_cancellation(tiny_model, image, call_recorder):
+    model = call_recorder(tiny_model)
     params = AmgParams(**{**TINY, "points_per_side": 4, "points_per_batch": 2})  # 16 points: 8 batches
     job = generate_candidates(model, image, params)
     reports = [next(job) for _ in range(4)]
@@ -196,26 +172,26 @@ def test_progress_and_cancellation(tiny_model, image):
     assert reports[-1].total == 1 + 8 and reports[-1].done == 3
     assert [r.done for r in reports] == sorted(r.done for r in reports)
     job.close()
-    calls = model.decode_calls
+    calls = len(model.decode_calls)
     assert calls == 2
     with pytest.raises(StopIteration):
         next(job)
-    assert model.decode_calls == calls
+    assert len(model.decode_calls) == calls
 
     seen = []
     drain(generate_candidates(model, image, params), on_progress=seen.append)
     assert seen[-1].done == seen[-1].total == 9
 
 
-def test_cache_reuses_the_embedding(tiny_model, image):
+def test_cache_reuses_the_embedding(tiny_model, image, call_recorder):
     from napari_sam_micro.core.cache import EmbeddingCache
 
-    model = CountingModel(tiny_model)
+    model = call_recorder(tiny_model)
     cache = EmbeddingCache(max_bytes=1 << 26)
     params = AmgParams(**{**TINY, "points_per_side": 2})
     drain(generate_candidates(model, image, params, cache=cache, cache_key="k"))
     drain(generate_candidates(model, image, params, cache=cache, cache_key="k"))
-    assert model.encode_calls == 1 and "k" in cache
+    assert len(model.encoded_shapes) == 1 and "k" in cache
 
 
 def test_grid_and_crops_match_segment_anything():
