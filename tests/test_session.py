@@ -329,6 +329,25 @@ def test_segment_seeds_job_decodes_each_seed_as_a_click(disk_model):
     drain(s.segment_seeds_job(seeds_rc))
     assert len(model.encoded_shapes) == n_enc
 
+def test_segment_seeds_job_second_pass_segments_foreground_left_without_a_seed(disk_model):
+    model = disk_model(radius=8)
+    blobs = (((50, 60), 8), ((150, 180), 8), ((240, 320), 8))
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    s.set_image(_blobs(blobs=blobs))
+    seeds_rc = np.array([[50.0, 60.0], [150.0, 180.0]])  # the third object got no seed
+    first = drain(s.segment_seeds_job(seeds_rc, iou_floor=0.0, refill=False))
+    assert first.table["index"] == [1, 2] and first.labels[240, 320] == 0
+    both = drain(s.segment_seeds_job(seeds_rc, iou_floor=0.0))
+    assert both.table["index"] == [1, 2, 3]
+    assert np.array_equal(both.labels[first.labels > 0], first.labels[first.labels > 0])
+    assert len(first.refill_rc) == 0 and np.array_equal(both.seeds_rc, seeds_rc)
+    assert np.array_equal(both.refill_rc, [[240, 320]])
+    # the new object is decoded like a first-pass seed: object 1's mask, moved to the third disc
+    third = both.labels == 3
+    assert np.array_equal(third, np.roll(both.labels == 1, (190, 260), axis=(0, 1)))
+    assert both.table["area"][2] == int(third.sum())
+
+
 def test_predict_job_encodes_every_stage_and_the_plane_job_measures_object_sizes(disk_model, monkeypatch):
     import napari_sam_micro.session as session_module
 

@@ -49,7 +49,15 @@ from .core.model_api import Embedding, PromptableModel
 from .core.preprocess import PreprocessConfig, normalize_image, prompt_window
 from .core.progress import Job, Progress, drain
 from .core.prompts import ObjectPrompt, Prompts, object_prompts, points_from_napari
-from .core.seeds import SEED_IOU_FLOOR, choose_seed_mask, resolve_seeded_masks
+from .core.seeds import (
+    REFILL_AREA_FRACTION,
+    SEED_IOU_FLOOR,
+    add_uncovered_masks,
+    choose_seed_mask,
+    foreground_mask,
+    resolve_seeded_masks,
+    uncovered_seeds,
+)
 
 __all__ = [
     "AnnotationSession",
@@ -181,15 +189,18 @@ class SeededSegmentation:
     table : dict of str to list
         Object table (:data:`~napari_sam_micro.core.labels.OBJECT_COLUMNS`), prompt ``"seed"``.
     seeds_rc : (N, 2) float64
-        The seeds decoded, ``(row, col)``.
+        The seeds given, ``(row, col)``.
     generation : int
         Session generation the result belongs to.
+    refill_rc : (M, 2) float64
+        The second pass's seeds in uncovered foreground, ``(row, col)`` (none without ``refill``).
     """
 
     labels: np.ndarray
     table: dict
     seeds_rc: np.ndarray
     generation: int
+    refill_rc: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
 
 
 def _window_covers(window: Window, hw: tuple[int, int]) -> bool:
@@ -523,6 +534,7 @@ class AnnotationSession:
         fill_holes: bool = True,
         keep_largest: bool = True,
         min_area: int = 10,
+        refill: bool = True,
     ) -> Job[SeededSegmentation]:
         """Seeded everything mode: segment one object per seed, as a centred click.
 
@@ -532,7 +544,11 @@ class AnnotationSession:
         of the three multimask outputs of the click the kept one follows
         :func:`~napari_sam_micro.core.seeds.choose_seed_mask` (most stable among predicted IoU >=
         ``iou_floor``). Masks are then cleaned, de-duplicated and painted by
-        :func:`~napari_sam_micro.core.seeds.resolve_seeded_masks`. The preview is not touched.
+        :func:`~napari_sam_micro.core.seeds.resolve_seeded_masks`. With ``refill``, a second pass
+        seeds the foreground no mask covers (:func:`~napari_sam_micro.core.seeds.uncovered_seeds`:
+        objects pressed against a neighbour often get no seed of their own) and adds the new
+        objects it finds without touching the first pass's
+        (:func:`~napari_sam_micro.core.seeds.add_uncovered_masks`). The preview is not touched.
 
         Parameters
         ----------
@@ -540,6 +556,9 @@ class AnnotationSession:
             ``(row, col)`` object centres on the current plane (e.g. :func:`~napari_sam_micro.core.seeds.find_seeds`).
         iou_floor, nms_thresh, fill_holes, keep_largest, min_area
             See :mod:`napari_sam_micro.core.seeds`.
+        refill : bool
+            Run the second pass on uncovered foreground (regions of at least
+            ``REFILL_AREA_FRACTION`` x the first pass's median object area).
 
         Returns
         -------
@@ -556,25 +575,39 @@ class AnnotationSession:
         def choose(iou, logits):
             return choose_seed_mask(iou, stability_score(logits, thr), iou_floor)
 
-        def run():
+        def decode_all(points, what):
             masks, pious, stabs = [], [], []
-            n = len(seeds)
+            n = len(points)
             for k in range(n):
-                pts_xy, lab = points_from_napari(seeds[k : k + 1], [1], hw)
+                pts_xy, lab = points_from_napari(points[k : k + 1], [1], hw)
                 obj = object_prompts(Prompts(points_xy=pts_xy, point_labels=lab))[0]
                 window = self._window(obj, None)
-                yield Progress(k, n, f"Seed {k + 1} of {n}: encoding its window")
+                yield Progress(k, n, f"{what} {k + 1} of {n}: encoding its window")
                 result = yield from self._with_embeddings(
                     lambda: self._decode_new_points(obj, window, choose=choose), generation
                 )
                 masks.append(result.mask)
                 pious.append(result.predicted_iou)
                 stabs.append(result.stability)
-            yield Progress(n, n, "Resolving overlaps")
+            return masks, pious, stabs
+
+        def run():
+            masks, pious, stabs = yield from decode_all(seeds, "Seed")
+            yield Progress(len(seeds), len(seeds), "Resolving overlaps")
             labels_img, table = resolve_seeded_masks(
                 masks, pious, stabs, hw, nms_thresh=nms_thresh, fill_holes=fill_holes, keep_largest=keep_largest, min_area=min_area
             )
-            return SeededSegmentation(labels_img, table, seeds, generation)
+            extra = np.zeros((0, 2), np.float64)
+            if refill and table["area"]:
+                foreground, _ = foreground_mask(self._normalized_plane(generation))
+                area = max(min_area, int(REFILL_AREA_FRACTION * float(np.median(table["area"]))))
+                extra = uncovered_seeds(foreground, labels_img, min_area=area)
+                if len(extra):
+                    masks, pious, stabs = yield from decode_all(extra, "Uncovered region")
+                    labels_img, table = add_uncovered_masks(
+                        labels_img, table, masks, pious, stabs, min_area=min_area, fill_holes=fill_holes
+                    )
+            return SeededSegmentation(labels_img, table, seeds, generation, extra)
 
         return run()
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_sam_micro.core.labels import OBJECT_COLUMNS, object_row
 from napari_sam_micro.core.seeds import (
+    add_uncovered_masks,
     choose_seed_mask,
     find_seeds,
     foreground_mask,
     otsu_threshold,
     resolve_seeded_masks,
+    uncovered_seeds,
 )
 
 CENTRES = [(20, 20), (20, 60), (55, 30), (60, 75)]
@@ -111,3 +114,51 @@ def test_resolve_seeded_masks_removes_duplicates_and_cleans():
     assert table["area"] == [100, 150] and table["prompt"] == ["seed", "seed"]
     empty, t2 = resolve_seeded_masks([], [], [], shape)
     assert not empty.any() and t2["index"] == []
+
+
+def _disc(shape, centre, radius):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+
+
+def test_uncovered_seeds_find_the_unlabelled_object_and_ignore_rims_of_labelled_ones():
+    shape = (80, 96)
+    objects = [((20, 20), 8), ((20, 36), 8), ((60, 70), 6)]  # the first two touch
+    foreground = np.zeros(shape, bool)
+    for c, r in objects:
+        foreground |= _disc(shape, c, r)
+    labels = np.zeros(shape, np.uint32)
+    labels[_disc(shape, (20, 20), 7)] = 1  # one pixel short of its object all round: a rim is left
+    labels[_disc(shape, (60, 70), 6)] = 2
+    seeds = uncovered_seeds(foreground, labels, min_area=30)
+    assert seeds.shape == (1, 2)
+    assert np.linalg.norm(seeds[0] - [20, 37]) <= 2.5  # inside the uncovered disc, away from the labelled one
+    # everything covered (or too small to count): no seeds
+    labels[_disc(shape, (20, 36), 8) & (labels == 0)] = 3
+    assert uncovered_seeds(foreground, labels, min_area=30).shape == (0, 2)
+    small = np.zeros(shape, np.uint32)
+    assert uncovered_seeds(foreground, small, min_area=500).shape == (0, 2)  # each disc < 500 px
+    with pytest.raises(ValueError):
+        uncovered_seeds(foreground, labels[:10])
+
+
+def test_add_uncovered_masks_adds_new_objects_and_never_changes_existing_ones():
+    shape = (60, 60)
+    labels = np.zeros(shape, np.uint32)
+    labels[_disc(shape, (15, 15), 6)] = 1
+    labels[_disc(shape, (45, 45), 6)] = 2
+    first = [object_row(i, labels == i, 0.9, 0.9, "seed") for i in (1, 2)]
+    table = {c: [r[c] for r in first] for c in OBJECT_COLUMNS}
+    new = _disc(shape, (15, 27), 6)  # touches object 1: a few pixels overlap it
+    again = _disc(shape, (45, 45), 7)  # object 2 once more
+    speck = _disc(shape, (45, 10), 1)
+    out, rows = add_uncovered_masks(labels, table, [again, new, speck], [0.9, 0.8, 0.9], [0.9, 0.9, 0.9], min_area=10)
+    assert out is not labels and labels.max() == 2  # the input is not modified
+    assert np.array_equal(out[labels > 0], labels[labels > 0])  # first-pass objects untouched
+    assert out.max() == 3 and np.array_equal(out == 3, new & (labels == 0))
+    assert rows["index"] == [1, 2, 3] and rows["area"][2] == int((out == 3).sum())
+    assert rows["prompt"][2] == "seed" and rows["predicted_iou"][2] == pytest.approx(0.8)
+    assert len(table["index"]) == 2  # the input table is not modified
+    # nothing to add
+    out2, rows2 = add_uncovered_masks(labels, table, [], [], [])
+    assert np.array_equal(out2, labels) and rows2["index"] == [1, 2]

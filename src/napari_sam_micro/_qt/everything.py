@@ -502,8 +502,10 @@ class EverythingWidget(QWidget):
             return
         n = len(result.table["index"])
         where = f"'{image_layer.name}'" + (f" plane {index}" if index else "")
+        extra = len(result.refill_rc)
+        more = f" and {extra} in foreground they left uncovered" if extra else ""
         self.status.setText(
-            f"{n} object{'s' if n != 1 else ''} in {where} from {len(result.seeds_rc)} seeds (object centres)."
+            f"{n} object{'s' if n != 1 else ''} in {where} from {len(result.seeds_rc)} seeds (object centres){more}."
         )
 
     def cancel(self) -> None:

@@ -30,10 +30,25 @@ from .automatic import box_nms
 from .labels import OBJECT_COLUMNS, instance_labels_from_masks, object_row
 from .masks import mask_to_box_xyxy, postprocess_mask
 
-__all__ = ["gray_image", "otsu_threshold", "foreground_mask", "find_seeds", "choose_seed_mask", "resolve_seeded_masks", "SEED_IOU_FLOOR"]
+__all__ = [
+    "gray_image",
+    "otsu_threshold",
+    "foreground_mask",
+    "find_seeds",
+    "uncovered_seeds",
+    "choose_seed_mask",
+    "resolve_seeded_masks",
+    "add_uncovered_masks",
+    "SEED_IOU_FLOOR",
+    "REFILL_AREA_FRACTION",
+]
 
 #: Multimask outputs of a centred click whose predicted IoU is below this are not chosen (unless all are).
 SEED_IOU_FLOOR = 0.4
+
+#: Second pass: uncovered foreground regions smaller than this fraction of the first pass's median
+#: object area are not seeded again (slivers along mask borders, debris).
+REFILL_AREA_FRACTION = 0.25
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -149,23 +164,39 @@ def find_seeds(
     score = dist + float(intensity_weight) * intensity
     if sigma > 0:
         score = ndi.gaussian_filter(score, sigma)
+    return _maxima(score, mask & (dist >= float(min_radius)), min_distance, max_seeds)
+
+
+def _maxima(
+    score: np.ndarray, allowed: np.ndarray, min_distance: int, max_peaks: int | None = None, centre_inside: bool = False
+) -> np.ndarray:
+    """Local maxima of ``score`` (H, W) inside ``allowed`` (H, W) bool, ``(row, col)`` float64, highest first.
+
+    A maximum filter of radius ``min_distance``; one peak per connected plateau (its centre of
+    mass; with ``centre_inside``, plateaus whose centre falls off ``allowed`` are dropped); peaks
+    closer than ``min_distance`` (Chebyshev) to a higher one dropped; at most ``max_peaks``.
+    """
     size = 2 * int(max(1, min_distance)) + 1
-    peaks = (score == ndi.maximum_filter(score, size=size, mode="nearest")) & mask & (dist >= float(min_radius))
-    # plateaus give several equal maxima: keep one per connected plateau (its first pixel)
+    peaks = (score == ndi.maximum_filter(score, size=size, mode="nearest")) & allowed
+    # plateaus give several equal maxima: keep one per connected plateau
     lab, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
     if n == 0:
         return np.zeros((0, 2), dtype=np.float64)
     centres = np.asarray(ndi.center_of_mass(peaks, lab, np.arange(1, n + 1)), dtype=np.float64).reshape(-1, 2)
-    values = score[np.clip(np.round(centres[:, 0]).astype(int), 0, score.shape[0] - 1),
-                   np.clip(np.round(centres[:, 1]).astype(int), 0, score.shape[1] - 1)]
+    rows = np.clip(np.round(centres[:, 0]).astype(int), 0, score.shape[0] - 1)
+    cols = np.clip(np.round(centres[:, 1]).astype(int), 0, score.shape[1] - 1)
+    if centre_inside:
+        inside = allowed[rows, cols]
+        centres, rows, cols = centres[inside], rows[inside], cols[inside]
+    values = score[rows, cols]
     order = np.argsort(-values, kind="stable")
     centres = centres[order]
-    # enforce min_distance between seeds coming from different plateaus of equal height
+    # enforce min_distance between peaks coming from different plateaus of equal height
     kept: list[int] = []
     for i, c in enumerate(centres):
         if all(np.max(np.abs(c - centres[j])) >= min_distance for j in kept):
             kept.append(i)
-        if max_seeds is not None and len(kept) >= max_seeds:
+        if max_peaks is not None and len(kept) >= max_peaks:
             break
     return centres[kept]
 
@@ -265,3 +296,115 @@ def resolve_seeded_masks(
     table = {c: [r[c] for r in rows] for c in rows[0]} if rows else {c: [] for c in OBJECT_COLUMNS}
     return labels, table
 
+
+
+def uncovered_seeds(
+    foreground: np.ndarray,
+    labels: np.ndarray,
+    *,
+    min_area: int = 30,
+    min_radius: float = 2.0,
+    min_distance: int = 5,
+) -> np.ndarray:
+    """Seeds for the foreground a first pass left unlabelled (second pass of the seeded everything mode).
+
+    A nucleus pressed against a brighter neighbour often has no distance-transform maximum of its
+    own, so :func:`find_seeds` gives it no seed; once the neighbour is segmented, the nucleus is
+    foreground that no mask covers. Here: ``free = foreground & (labels == 0)``, opened with a 5 x 5
+    disk (the thin rims a mask leaves along its object's border go), regions smaller than
+    ``min_area`` dropped; seeds are the maxima of ``free``'s distance transform at least
+    ``min_distance`` apart and at least ``min_radius`` from its border.
+
+    Parameters
+    ----------
+    foreground : (H, W) bool
+        E.g. the first output of :func:`foreground_mask`.
+    labels : (H, W) int
+        The first pass's instance labels (0 = not covered).
+    min_area : int
+        Smallest uncovered region (pixels, after the opening) that gets seeds.
+    min_radius : float
+    min_distance : int
+
+    Returns
+    -------
+    (N, 2) float64
+        Seed ``(row, col)``, deepest first.
+    """
+    fg = np.asarray(foreground, bool)
+    lab = np.asarray(labels)
+    if fg.shape != lab.shape:
+        raise ValueError(f"foreground {fg.shape} and labels {lab.shape} differ in shape")
+    yy, xx = np.mgrid[-2:3, -2:3]
+    disk = (yy**2 + xx**2) <= 4
+    free = ndi.binary_opening(fg & (lab == 0), structure=disk)
+    if not free.any():
+        return np.zeros((0, 2), dtype=np.float64)
+    comp, n = ndi.label(free)
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    free = (sizes >= int(min_area))[comp]
+    if not free.any():
+        return np.zeros((0, 2), dtype=np.float64)
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(free), 1.0)
+    return _maxima(dist, free & (dist >= float(min_radius)), min_distance, centre_inside=True)
+
+
+def add_uncovered_masks(
+    labels: np.ndarray,
+    table: dict,
+    masks,
+    predicted_iou,
+    stability,
+    *,
+    min_new_fraction: float = 0.6,
+    min_area: int = 10,
+    fill_holes: bool = True,
+    prompt: str = "seed",
+) -> tuple[np.ndarray, dict]:
+    """Add second-pass masks to a seeded segmentation, never changing the objects it has.
+
+    Each mask (largest component, holes filled), best predicted IoU × stability first, keeps only
+    its pixels still unlabelled; it becomes a new object when they are at least ``min_area`` and
+    at least ``min_new_fraction`` of the mask (a mask mostly on an existing object is that object
+    again, or two merged).
+
+    Parameters
+    ----------
+    labels : (H, W) uint32
+        Ids ``1..K`` of the first pass.
+    table : dict of str to list
+        Its object table (:data:`~napari_sam_micro.core.labels.OBJECT_COLUMNS`).
+    masks : sequence of (H, W) bool
+    predicted_iou, stability : (N,) float
+    min_new_fraction : float
+    min_area : int
+    fill_holes : bool
+    prompt : str
+        Value of the new rows' ``prompt`` column.
+
+    Returns
+    -------
+    labels : (H, W) uint32
+        A new array: ids ``1..K`` unchanged, new objects ``K+1..``.
+    table : dict of str to list
+        A new table with the added rows.
+    """
+    out = np.array(labels, dtype=np.uint32, copy=True)
+    rows = {c: list(table.get(c, [])) for c in OBJECT_COLUMNS}
+    piou = np.asarray(predicted_iou, dtype=np.float64).reshape(-1)
+    stab = np.asarray(stability, dtype=np.float64).reshape(-1)
+    next_id = int(out.max()) + 1
+    for i in np.argsort(-(piou * stab), kind="stable"):
+        m = postprocess_mask(np.asarray(masks[i], bool), fill_holes=fill_holes, keep_largest=True)
+        total = int(np.count_nonzero(m))
+        new = postprocess_mask(m & (out == 0), keep_largest=True)
+        area = int(np.count_nonzero(new))
+        if total == 0 or area < int(min_area) or area < float(min_new_fraction) * total:
+            continue
+        out[new] = next_id
+        row = object_row(next_id, new, float(piou[i]), float(stab[i]), prompt)
+        for c in OBJECT_COLUMNS:
+            rows[c].append(row[c])
+        next_id += 1
+    return out, rows
