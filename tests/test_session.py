@@ -329,6 +329,7 @@ def test_segment_seeds_job_decodes_each_seed_as_a_click(disk_model):
     drain(s.segment_seeds_job(seeds_rc))
     assert len(model.encoded_shapes) == n_enc
 
+
 def test_segment_seeds_job_second_pass_segments_foreground_left_without_a_seed(disk_model):
     model = disk_model(radius=8)
     blobs = (((50, 60), 8), ((150, 180), 8), ((240, 320), 8))

@@ -297,7 +297,6 @@ def resolve_seeded_masks(
     return labels, table
 
 
-
 def uncovered_seeds(
     foreground: np.ndarray,
     labels: np.ndarray,
