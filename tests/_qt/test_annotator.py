@@ -104,12 +104,15 @@ def _slow_model(widget, monkeypatch, delay=1.5):
     """Load the tiny model now and make its encoder slow (to act while a job runs)."""
     model = ViewerState.for_viewer(widget.viewer).models.get("tiny-test", None, None)
     original = model.encode
+    started = []  # one entry per encode call, appended when it starts (the worker is really running)
 
     def slow_encode(image):
+        started.append(image.shape)
         time.sleep(delay)
         return original(image)
 
     monkeypatch.setattr(model, "encode", slow_encode)
+    monkeypatch.setattr(model, "encode_started", started, raising=False)
     return model
 
 
@@ -221,10 +224,12 @@ def test_cancel_stops_the_embedding(qtbot, viewer, monkeypatch):
 def test_stale_embedding_is_dropped_when_the_image_changes_mid_way(qtbot, viewer, monkeypatch):
     image = viewer.add_image(_image(), name="cells")
     widget = _widget(qtbot, viewer, auto_embed=False)
-    _slow_model(widget, monkeypatch, delay=1.0)
+    model = _slow_model(widget, monkeypatch, delay=1.0)
     _idle(qtbot, widget)  # nothing else running (a model load would embed the new data afterwards)
     widget.compute_embedding()
     assert widget.is_busy() and widget._worker_kind == "embedding"
+    # the worker thread is encoding the old data (under load it can start late, after the change below)
+    qtbot.waitUntil(lambda: len(model.encode_started) == 1, timeout=WAIT_MS)
     # the job cannot be stopped in time (as if it finished just before the change)
     monkeypatch.setattr(widget, "cancel", lambda: None)
     new = _image(seed=3)
