@@ -99,6 +99,7 @@ def pack(args) -> None:
     from napari_sam_micro.models.training import pack_image_bank
 
     work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
     used = set()
     for meta in work.glob("*/meta.json"):
         used.update(it["image"] for it in json.loads(meta.read_text())["items"])
