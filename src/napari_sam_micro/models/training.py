@@ -350,6 +350,15 @@ class CropSet:
     def __len__(self) -> int:
         return int(self.centers.shape[0])
 
+    def draw(self, rng, batch_size: int) -> CropBatch:
+        """``batch_size`` stored crops drawn uniformly with replacement."""
+        idx = rng.integers(len(self), size=batch_size)
+
+        def take(what, positions):
+            return np.asarray(getattr(self, what)[idx[np.asarray(positions)]], np.float32)
+
+        return CropBatch([np.asarray(self.labels[i]) for i in idx], [int(self.centers[i]) for i in idx], take)
+
 
 def load_crop_set(path: str | Path) -> CropSet:
     """Open a folder written by :func:`precompute_crops_job` (only the crops finished so far)."""
@@ -527,15 +536,6 @@ class CropBatch:
     labels: list
     centers: list
     take: object  # take(what, positions) -> np.ndarray, what in {"inputs", "embeddings", "tokens"}
-
-
-def _draw_stored(crops: CropSet, rng, batch_size: int) -> CropBatch:
-    idx = rng.integers(len(crops), size=batch_size)
-
-    def take(what, positions):
-        return np.asarray(getattr(crops, what)[idx[np.asarray(positions)]], np.float32)
-
-    return CropBatch([np.asarray(crops.labels[i]) for i in idx], [int(crops.centers[i]) for i in idx], take)
 
 
 class CropStream:
@@ -871,7 +871,7 @@ def train_job(
         factor = lr_factor(step, time.time() - t0)
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * factor
-        batch = crops.draw(rng, cfg.batch_size) if isinstance(crops, CropStream) else _draw_stored(crops, rng, cfg.batch_size)
+        batch = crops.draw(rng, cfg.batch_size)
         targets, chosen = [], []
         for j, (lab, center) in enumerate(zip(batch.labels, batch.centers)):
             t = _choose_target(np.asarray(lab), int(center), rng, cfg)
