@@ -182,38 +182,63 @@ def test_a_click_window_follows_the_object_size_under_it(disk_model):
     assert sides[1] > 2 * sides[0]
 
 
-def test_a_click_is_decoded_in_two_stages_and_pasted_back(disk_model):
+def test_a_click_is_decoded_in_two_stages_in_one_window_and_pasted_back(disk_model):
     model = disk_model(radius=8)
     s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
     s.set_image(_blobs())
     prompts = Prompts([[100, 100]], [1])  # (x, y) on the small blob
     (first,) = s.missing_embeddings(prompts)
     pred, asked = _predict_all(s, prompts)
-    # stage 1 in the click's window, stage 2 in the window of the first mask's box
-    assert asked[0] == [first] and len(asked) == 2
-    (second,) = asked[1]
-    assert second != first
+    # stage 2 (the first mask's box) fits the click's window: one window per click
+    assert asked == [[first]] and len(model.encoded_shapes) == 1
     click, boxed = model.decode_calls[-2:]
     y0, y1, x0, x1 = first
     np.testing.assert_allclose(click["points"], [[[100 - x0, 100 - y0]]])
     assert click["multimask"] and click["boxes"] is None
     assert not boxed["multimask"] and boxed["points"] is not None
-    # the box is the first mask's bounding box (a radius-8 disk) padded by CLICK_BOX_PAD, in window 2
-    Y0, Y1, X0, X1 = second
-    bx0, by0, bx1, by1 = boxed["boxes"][0] + [X0, Y0, X0, Y0]
+    # the box is the first mask's bounding box (a radius-8 disk) padded by CLICK_BOX_PAD, same window
+    bx0, by0, bx1, by1 = boxed["boxes"][0] + [x0, y0, x0, y0]
     assert bx0 < 92 < 108 < bx1 and by0 < 92 < 108 < by1
     assert bx1 - bx0 < 16 * (1 + 2 * 0.1) + 4
     obj = pred.objects[0]
-    assert obj.window == second and obj.kind == "points" and obj.predicted_iou == pytest.approx(0.8)
+    assert obj.window == first and obj.kind == "points" and obj.predicted_iou == pytest.approx(0.8)
     assert obj.mask.shape == (300, 400) and obj.mask[100, 100]
     outside = np.ones_like(obj.mask)
-    outside[Y0:Y1, X0:X1] = False
+    outside[y0:y1, x0:x1] = False
     assert not obj.mask[outside].any()
     # a second point refines in the same window: nothing new is encoded, previous logits are used
-    n_encoded = len(model.encoded_shapes)
     pred2 = s.predict(Prompts([[100, 100], [103, 101]], [1, 1]))
-    assert pred2.objects[0].window == second and len(model.encoded_shapes) == n_encoded
+    assert pred2.objects[0].window == first and len(model.encoded_shapes) == 1
     assert model.decode_calls[-1]["mask_input"]
+
+
+def test_a_click_whose_box_does_not_fit_its_window_takes_a_box_window(disk_model):
+    model = disk_model(radius=14)  # the mask is larger than the 20-px blob the window was sized for
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    s.set_image(_blobs())
+    prompts = Prompts([[100, 100]], [1])
+    (first,) = s.missing_embeddings(prompts)
+    pred, asked = _predict_all(s, prompts)
+    assert asked[0] == [first] and len(asked) == 2 and asked[1] != [first]
+    assert pred.objects[0].window == asked[1][0]
+
+
+def test_a_prompt_on_an_object_inside_an_encoded_window_is_decoded_there(disk_model):
+    model = disk_model(radius=12)
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    s.set_image(_blobs(blobs=(((110, 100), 12), ((110, 130), 12), ((250, 350), 12))))
+    wide = (74, 146, 80, 152)  # 72 px: 2.9 x the 25-px boxes of both left blobs, with margins
+    drain(s.embeddings_job([wide]))
+    assert s.encoded_windows() == [wide]
+    n = len(model.encoded_shapes)
+    for prompts in (Prompts(boxes_xyxy=[[88, 98, 112, 122]]), Prompts([[130, 110]], [1])):
+        s.clear_preview()
+        assert s.missing_embeddings(prompts) == []
+        pred = s.predict(prompts)
+        assert pred.objects[0].window == wide and len(model.encoded_shapes) == n
+    # an object near the window's border or outside it needs its own window
+    assert s.missing_embeddings(Prompts(boxes_xyxy=[[338, 238, 362, 262]])) != []
+    assert s.missing_embeddings(Prompts(boxes_xyxy=[[126, 98, 151, 122]])) != []
 
 
 def test_a_click_window_grows_while_the_mask_reaches_its_border(disk_model):
@@ -298,22 +323,23 @@ def test_points_as_boxes_for_box_only_models(model):
     assert pred.objects[0].kind == "points" and pred.objects[0].mask.shape == (300, 400)
 
 
-def test_segment_seeds_job_decodes_each_seed_as_a_click(disk_model):
+def test_segment_seeds_job_decodes_the_seeds_of_a_window_in_two_batched_calls(disk_model):
     model = disk_model(radius=6)
     s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
     s.set_image(_blobs(blobs=(((50, 60), 8), ((150, 180), 8))))
     seeds_rc = np.array([[50.0, 60.0], [150.0, 180.0], [150.0, 182.0]])
-    windows = [s.plan_windows(Prompts([[c, r]], [1]))[0] for r, c in seeds_rc]
     result = drain(s.segment_seeds_job(seeds_rc, iou_floor=0.0, min_area=0))
-    # per seed: a click (its first stage; repeated when the second stage's window had to be
-    # encoded first), then one decode of the first mask's box
+    # two windows (the two close seeds share one); per window one multimask call with all its
+    # clicks, then one call with each first mask's padded box plus its click
+    assert len(model.encoded_shapes) == 2 and result.windows_encoded == 2
     clicks = [c for c in model.decode_calls if c["boxes"] is None]
     boxed = [c for c in model.decode_calls if c["boxes"] is not None]
-    assert len(boxed) == 3 and all(not c["multimask"] for c in boxed)
-    expected = {(c - x0, r - y0) for (r, c), (y0, y1, x0, x1) in zip(seeds_rc, windows)}
-    # one positive click, (x, y) relative to the seed's window, all three masks asked for
-    assert {tuple(c["points"][0, 0].tolist()) for c in clicks} == expected
-    assert all(c["multimask"] and c["points"].shape == (1, 1, 2) for c in clicks)
+    assert sorted(len(c["points"]) for c in clicks) == [1, 2]
+    assert all(c["multimask"] and c["points"].shape[1:] == (1, 2) for c in clicks)
+    assert sorted(len(c["boxes"]) for c in boxed) == [1, 2] and not any(c["multimask"] for c in boxed)
+    windows = s.encoded_windows()
+    for (r, c) in seeds_rc:  # every seed lies well inside one of the windows
+        assert any(y0 + 5 < r < y1 - 5 and x0 + 5 < c < x1 - 5 for y0, y1, x0, x1 in windows)
     assert result.labels.shape == (300, 400) and result.labels.dtype == np.uint32
     ids = np.unique(result.labels)
     ids = ids[ids > 0]
@@ -367,5 +393,5 @@ def test_predict_job_encodes_every_stage_and_the_plane_job_measures_object_sizes
     assert len(calls) == 1
     pred = drain(s.predict_job(Prompts([[100, 100]], [1])))
     assert len(calls) == 1  # the click found it measured
-    assert len(model.encoded_shapes) == 3  # the plane, then the click's two windows
+    assert len(model.encoded_shapes) == 2  # the plane, then the click's one window
     assert pred.objects[0].mask[100, 100] and pred.objects[0].window is not None

@@ -306,3 +306,40 @@ def test_bad_input_gives_notifications_not_crashes(qtbot, viewer, notes, tmp_pat
     assert any(kind == "error" and "broken.pth" in msg for kind, msg in notes)
     assert widget.layers is not None  # the widget still works
     assert not [msg for kind, msg in notes if "failed:" in msg]  # no unexpected exception
+
+
+def _nuclei(shape=(200, 260), centres=((60, 60), (60, 190), (150, 120))):
+    rng = np.random.default_rng(1)
+    img = rng.normal(100, 5, shape)
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    for r, c in centres:
+        img[(rr - r) ** 2 + (cc - c) ** 2 <= 10**2] += 400
+    return img.astype(np.uint16)
+
+
+def test_objects_are_pre_encoded_while_idle_and_a_click_on_one_is_decode_only(qtbot, viewer, notes, disk_test_model):
+    viewer.add_image(_nuclei(), name="nuclei")
+    widget = _widget(qtbot, viewer, model="disk-test")
+    _ready(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.preencoder.windows_encoded >= 3 and not widget.preencoder.running, timeout=WAIT_MS)
+    windows = widget.session.encoded_windows()
+    assert len(windows) >= 3
+    # every nucleus lies inside a pre-encoded window
+    for r, c in ((60, 60), (60, 190), (150, 120)):
+        assert any(y0 < r < y1 and x0 < c < x1 for y0, y1, x0, x1 in windows)
+    jobs = widget.jobs_finished
+    _click(widget.layers.prompts, (60, 190))
+    # decoded on the GUI thread from a pre-encoded window: no worker, the preview is there at once
+    assert not widget.is_busy() and widget.jobs_finished == jobs
+    preview = widget.session.preview
+    assert preview is not None and preview.objects[0].window in windows and preview.objects[0].mask[60, 190]
+    assert not [n for n in notes if n[0] == "error"]
+
+
+def test_pre_encoding_can_be_switched_off(qtbot, viewer, disk_test_model):
+    viewer.add_image(_nuclei(), name="nuclei")
+    widget = _widget(qtbot, viewer, model="disk-test")
+    widget.preencode_check.setChecked(False)
+    _ready(qtbot, widget)
+    qtbot.wait(300)
+    assert widget.preencoder.windows_encoded == 0 and widget.session.encoded_windows() == []

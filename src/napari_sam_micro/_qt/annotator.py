@@ -53,6 +53,7 @@ from ..core.errors import ImageError, UserInputError
 from ..core.preprocess import PreprocessConfig
 from ..models.registry import available_models, default_model_name, get_spec
 from ..session import AnnotationSession, EmbeddingNotReady, Prediction
+from .preencode import PreEncoder
 from .objects_table import LayerComboBox, ObjectsTableWidget
 from .workers import notify_exception, start_job
 
@@ -156,6 +157,13 @@ class AnnotatorWidget(QWidget):
         self.negative_check.setToolTip("New points mark background. Shift+click adds a negative point at any time.")
         self.overwrite_check = QCheckBox("Overwrite existing labels", self)
         self.overwrite_check.setToolTip("Off: committed masks only fill unlabelled pixels, existing objects are kept.")
+        self.preencode_check = QCheckBox("Pre-encode objects while idle", self)
+        self.preencode_check.setChecked(True)
+        self.preencode_check.setToolTip(
+            "256-px models: encode the windows around the detected objects in the background, nearest the view "
+            "centre first, so that a click or box on them is instant. Pauses whenever you prompt."
+        )
+        self.preencoder = PreEncoder(enabled=True)
         self.commit_button = QPushButton("Commit (C)", self)
         self.commit_button.setToolTip("Write the preview into the labels layer as new object(s); Ctrl+Z there undoes.")
         self.clear_button = QPushButton("Clear prompts (Shift+C)", self)
@@ -186,6 +194,7 @@ class AnnotatorWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.negative_check)
         layout.addWidget(self.overwrite_check)
+        layout.addWidget(self.preencode_check)
         layout.addLayout(actions)
         layout.addWidget(self.objects, 1)
         self.setToolTip(_HELP)
@@ -198,6 +207,7 @@ class AnnotatorWidget(QWidget):
 
         # -- wiring -----------------------------------------------------------------------
         self.image_combo.layer_changed.connect(self._on_image_changed)
+        self.preencode_check.toggled.connect(self._on_preencode_toggled)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.device_combo.currentIndexChanged.connect(self._on_model_changed)
         self.checkpoint_edit.editingFinished.connect(self._on_model_changed)
@@ -250,6 +260,7 @@ class AnnotatorWidget(QWidget):
         self._closed = True
         self.unbind_keys()
         self.cancel()
+        self.preencoder.stop()
         self._detach_layers()
         for emitter, callback in self._connected:
             try:
@@ -327,6 +338,7 @@ class AnnotatorWidget(QWidget):
             return
         self._invalidate()
         self._detach_layers()
+        self.preencoder.stop()
         if self.is_busy() and self._worker_kind == "embedding":
             self.cancel()  # its result would be for the previous image
         if layer is None:
@@ -498,6 +510,29 @@ class AnnotatorWidget(QWidget):
         self._job_target = self._current_target()
         self.status.setText(f"Computing the embedding with {get_spec(self.model_name()).display_name}…")
 
+    def start_preencoding(self) -> bool:
+        """Pre-encode the shown plane's object windows in the background (256-px models, when idle)."""
+        session = self.session
+        if self._closed or self.is_busy() or session is None or session.embedding is None:
+            return False
+        if not self.preencoder.resume():
+            return self.preencoder.start(session, self._view_centre())
+        return True
+
+    def _view_centre(self):
+        """``(row, col)`` of the view centre in the image's data coordinates, or None."""
+        try:
+            return tuple(float(v) for v in self._image_layer.world_to_data(self.viewer.camera.center)[-2:])
+        except Exception:  # noqa: BLE001 - any viewer geometry problem: start from the plane's centre
+            return None
+
+    def _on_preencode_toggled(self, checked: bool) -> None:
+        self.preencoder.enabled = bool(checked)
+        if checked:
+            self.start_preencoding()
+        else:
+            self.preencoder.stop()
+
     def _current_target(self):
         return (self._model_id(), self.device(), self._plane_key)
 
@@ -520,6 +555,8 @@ class AnnotatorWidget(QWidget):
             return
         self.status.setText("Embedding ready. " + _HELP)
         self._pending_preview = self._current_prompt_count() > 0
+        if not self._pending_preview:
+            self._after_worker = self.start_preencoding
 
     def _start_worker(self, kind: str, job, on_result, context: str) -> None:
         self._worker_kind = kind
@@ -583,6 +620,8 @@ class AnnotatorWidget(QWidget):
             follow_up()
         elif self._pending_preview:
             self._update_preview()
+        else:
+            self.start_preencoding()
 
     def cancel(self) -> None:
         """Cancel the running job (its result is discarded)."""
@@ -643,6 +682,7 @@ class AnnotatorWidget(QWidget):
             if self.session is not None:
                 self.session.clear_preview()
             return None
+        self.preencoder.pause()  # a prompt never waits behind the pre-encoding queue
         if self.is_busy():
             self._pending_preview = True
             return None
@@ -671,6 +711,7 @@ class AnnotatorWidget(QWidget):
         for note in (*notes, *prediction.warnings):
             show_info(note)
         self._show_prediction(prediction, index)
+        self.start_preencoding()
         ious = ", ".join(f"{o.predicted_iou:.2f}" for o in prediction.objects)
         self.status.setText(
             f"{len(prediction.objects)} object(s) in the preview (predicted IoU {ious}). "

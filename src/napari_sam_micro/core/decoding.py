@@ -1,0 +1,476 @@
+"""Decode strategies: how prompts become masks, as functions over a ``PromptableModel``.
+
+The session, the Everything widget, the evaluation and the CLI share these (they hold no state
+of their own): a :class:`DecodeContext` says which model, which plane, where embeddings come from
+and how prompts are decoded; the functions plan windows, decode and paste masks back.
+
+* :func:`object_window` — the window an object prompt is decoded in (None = the whole plane): an
+  already-encoded window that fits the object (:func:`~napari_sam_micro.core.windows.reuse_window`),
+  else a new one sized from the prompt (boxes: ``window_scale`` x their side; clicks: the object
+  diameter estimated under the click).
+* :func:`decode_prompts` — one preview per object of a prompt set (boxes batched per window).
+* :func:`decode_click` — a fresh click on a 256-px model: the click, then the first mask's padded
+  box decoded in the same window when it fits there (one window per click), else in a new one.
+* :func:`decode_clicks_in_window` — many clicks in one window in one batched decoder call, then
+  their boxes in one more (everything mode).
+
+Embeddings are asked for through ``DecodeContext.get_embedding``, which raises
+:class:`EmbeddingNotReady` naming the window to encode; the caller encodes it (a worker, or in-line
+in a job) and calls again: decodes are cheap, embeddings are cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .masks import mask_to_box_xyxy, stability_score
+from .model_api import Embedding, PromptableModel
+from .preprocess import prompt_window
+from .prompts import ObjectPrompt
+from .windows import REUSE_SCALE_RANGE, Window, covers_plane, fits, reaches_border, reuse_window, square_window
+
+__all__ = [
+    "EmbeddingNotReady",
+    "ObjectPreview",
+    "DecodeContext",
+    "object_window",
+    "decode_prompts",
+    "decode_object",
+    "decode_click",
+    "decode_clicks_in_window",
+    "click_box",
+    "CLICK_WINDOW_FACTOR",
+    "CLICK_WINDOW_MIN",
+    "CLICK_WINDOW_GROWTH",
+    "CLICK_BOX_PAD",
+    "CLICK_OBJECT_FACTOR",
+    "POINT_BOX_FRACTIONS",
+]
+
+#: A lone click on a ``crop_to_prompt`` model is decoded in a window this many times the object
+#: diameter estimated at the click: the models were trained on windows 1.6-2.6 x the object's box
+#: side, and the estimate is about 0.87 x that side on nuclei.
+CLICK_WINDOW_FACTOR = 2.4
+#: Smallest window (pixels) for a lone click.
+CLICK_WINDOW_MIN = 32
+#: How many times a click's window is doubled when its first mask reaches the window's border.
+CLICK_WINDOW_GROWTH = 2
+#: The box derived from a click's first mask is padded by this fraction of its longer side.
+CLICK_BOX_PAD = 0.1
+#: Box side of the object under a click, estimated as this many times the diameter measured there
+#: (the diameter is about 0.87 x the box side on nuclei); used to find a reusable window.
+CLICK_OBJECT_FACTOR = 1.15
+#: Candidate box sides for ``points_as_boxes``, as fractions of the largest one (``max(window_min, min(H, W) / 8)``).
+POINT_BOX_FRACTIONS = (0.125, 0.1875, 0.25, 0.375, 0.5, 0.75, 1.0)
+
+
+class EmbeddingNotReady(RuntimeError):
+    """A decode needs embeddings that are not computed yet.
+
+    Attributes
+    ----------
+    windows : list of Window or None
+        What to encode (``None`` = the whole plane).
+    """
+
+    def __init__(self, windows: Sequence[Window | None]):
+        self.windows = list(windows)
+        super().__init__(f"{len(self.windows)} embedding(s) to compute first")
+
+
+@dataclass(frozen=True)
+class ObjectPreview:
+    """The predicted mask of one object.
+
+    Parameters
+    ----------
+    mask : (H, W) bool
+        On the whole plane.
+    predicted_iou, stability : float
+        The model's IoU prediction and SAM's stability score of the chosen mask.
+    kind : str
+        ``"points"``, ``"box"`` or ``"box+points"``.
+    low_res_logits : (1, 256, 256) float32
+        Logits of the chosen mask in the model frame of ``window`` (refinement input).
+    window : Window or None
+        Crop the object was decoded in (None = the whole plane).
+    """
+
+    mask: np.ndarray
+    predicted_iou: float
+    stability: float
+    kind: str
+    low_res_logits: np.ndarray
+    window: Window | None = None
+
+    @property
+    def area(self) -> int:
+        """Pixels in the mask."""
+        return int(np.count_nonzero(self.mask))
+
+
+@dataclass(frozen=True)
+class DecodeContext:
+    """What the decode strategies need to know about one plane.
+
+    Parameters
+    ----------
+    model : PromptableModel
+    hw : (int, int)
+        ``(H, W)`` of the plane.
+    get_embedding : callable
+        ``get_embedding(window or None) -> Embedding``; raises :class:`EmbeddingNotReady`.
+    is_ready : callable
+        ``is_ready(window or None) -> bool``: the embedding is available without encoding.
+    crop_to_prompt : bool
+        Decode each object in a window around it (256-px models).
+    points_as_boxes : bool
+        Box-only models: a click becomes candidate boxes around it.
+    window_scale, window_min : float, int
+        A box's window: ``window_scale`` x its longer side, at least ``window_min`` pixels.
+    click_diameter : callable, optional
+        ``click_diameter(x, y) -> float``: the object diameter (pixels) estimated under a click.
+    encoded : callable
+        ``encoded() -> sequence of Window``: windows of this plane already encoded (reuse candidates).
+    reuse_scale : (float, float)
+        Window side / object side at which an object is decoded in a window made for another one
+        (:data:`~napari_sam_micro.core.windows.REUSE_SCALE_RANGE`; everything mode allows more).
+    """
+
+    model: PromptableModel
+    hw: tuple[int, int]
+    get_embedding: Callable[[Window | None], Embedding]
+    is_ready: Callable[[Window | None], bool]
+    crop_to_prompt: bool = False
+    points_as_boxes: bool = False
+    window_scale: float = 2.0
+    window_min: int = 64
+    click_diameter: Callable[[float, float], float] | None = None
+    encoded: Callable[[], Sequence[Window]] = tuple
+    reuse_scale: tuple[float, float] = REUSE_SCALE_RANGE
+
+    @property
+    def clicks_in_windows(self) -> bool:
+        """Whether fresh clicks take :func:`decode_click` (crop models that take clicks)."""
+        return self.crop_to_prompt and not self.points_as_boxes
+
+    def plane_or(self, window: Window) -> Window | None:
+        """``window``, or None when it is the whole plane."""
+        return None if covers_plane(window, self.hw) else tuple(int(v) for v in window)
+
+    def point_box_scale(self) -> float:
+        """Side of the largest candidate box for a click (``points_as_boxes``), in pixels."""
+        return float(max(self.window_min, min(self.hw) // 8))
+
+
+def prompt_bbox(obj: ObjectPrompt) -> np.ndarray:
+    """``(x0, y0, x1, y1)`` of everything in an object prompt."""
+    pts = []
+    if obj.box is not None:
+        pts.append(np.asarray(obj.box, np.float64).reshape(2, 2))
+    if obj.point_coords is not None and len(obj.point_coords):
+        pts.append(np.asarray(obj.point_coords, np.float64).reshape(-1, 2))
+    allp = np.concatenate(pts, axis=0)
+    return np.concatenate([allp.min(axis=0), allp.max(axis=0)])
+
+
+def _positive_centre(obj: ObjectPrompt) -> np.ndarray | None:
+    pos = np.asarray(obj.point_coords, np.float64)[np.asarray(obj.point_labels) == 1]
+    return pos.mean(axis=0) if len(pos) else None
+
+
+def click_box(ctx: DecodeContext, x: float, y: float) -> tuple[np.ndarray, float]:
+    """Estimated object box ``(x0, y0, x1, y1)`` under a click at ``(x, y)``, and the diameter estimated there."""
+    diameter = float(ctx.click_diameter(x, y)) if ctx.click_diameter is not None else float(ctx.window_min) / 2.0
+    half = CLICK_OBJECT_FACTOR * diameter / 2.0
+    return np.array([x - half, y - half, x + half, y + half]), diameter
+
+
+def object_window(ctx: DecodeContext, obj: ObjectPrompt, previous: ObjectPreview | None = None) -> Window | None:
+    """The window ``obj`` is decoded in (None = the whole plane).
+
+    Refinements keep the previous window while the prompts stay well inside it; a box, or a click
+    on a model that takes clicks, first looks for an already-encoded window that fits the object
+    (:func:`~napari_sam_micro.core.windows.reuse_window`); otherwise a new window is sized from
+    the prompt.
+    """
+    if not ctx.crop_to_prompt:
+        return None
+    hw = ctx.hw
+    bbox = prompt_bbox(obj)
+    if previous is not None and previous.window is not None:
+        # keep the window while the prompts stay well inside it: the crop embedding is
+        # reused and the previous logits still refine the mask
+        y0, y1, x0, x1 = previous.window
+        my, mx = (y1 - y0) / 6.0, (x1 - x0) / 6.0
+        if bbox[0] >= x0 + mx and bbox[2] <= x1 - mx and bbox[1] >= y0 + my and bbox[3] <= y1 - my:
+            return previous.window
+    if obj.box is not None:
+        reused = reuse_window(np.asarray(obj.box, np.float64), ctx.encoded(), hw, ctx.reuse_scale)
+        if reused is not None:
+            return reused
+        window = prompt_window(bbox, hw, scale=ctx.window_scale, min_size=ctx.window_min)
+        return ctx.plane_or(window)
+    if ctx.clicks_in_windows:
+        centre = _positive_centre(obj)
+        if centre is None:
+            return ctx.plane_or(prompt_window(bbox, hw, scale=ctx.window_scale, min_size=ctx.window_min))
+        est_box, diameter = click_box(ctx, *centre)
+        if len(obj.point_coords) == 1:
+            reused = reuse_window(est_box, ctx.encoded(), hw, ctx.reuse_scale)
+            if reused is not None:
+                return reused
+        # a click says where, not how big: the window follows the object size estimated there
+        side = max(CLICK_WINDOW_MIN, round(CLICK_WINDOW_FACTOR * diameter))
+        source = bbox if len(obj.point_coords) > 1 else obj.point_coords
+        return ctx.plane_or(prompt_window(source, hw, scale=ctx.window_scale, min_size=int(side)))
+    source = bbox if len(obj.point_coords) > 1 else obj.point_coords
+    min_size = ctx.window_min
+    if ctx.points_as_boxes:
+        # the object's size is unknown: candidate boxes up to the point-box scale, in a window
+        # 1.5 times larger so that the largest candidate still has context around it
+        min_size = int(round(1.5 * ctx.point_box_scale()))
+    return ctx.plane_or(prompt_window(source, hw, scale=ctx.window_scale, min_size=min_size))
+
+
+def _offset(window: Window | None) -> np.ndarray:
+    if window is None:
+        return np.zeros(2, np.float32)
+    return np.array([window[2], window[0]], np.float32)  # (x0, y0)
+
+
+def previews(
+    ctx: DecodeContext,
+    window: Window | None,
+    emb: Embedding,
+    low_res: np.ndarray,
+    iou: np.ndarray,
+    kinds: Sequence[str],
+    choose: Callable[[np.ndarray, np.ndarray], int] | None = None,
+) -> list[ObjectPreview]:
+    """Choose one mask per prompt, upscale it and paste it into the plane.
+
+    Parameters
+    ----------
+    low_res : (B, M, 256, 256) float32
+        Decoder logits in ``window``'s model frame.
+    iou : (B, M) float32
+        Predicted IoUs.
+    kinds : sequence of str
+        Prompt kind of each of the ``B`` objects.
+    choose : callable, optional
+        ``choose(iou (M,), logits (M, h, w)) -> int`` for multimask outputs; default: highest predicted IoU.
+    """
+    thr = float(ctx.model.mask_threshold)
+    n, m = iou.shape
+    if choose is not None and m > 1:
+        up_all = ctx.model.upscale(emb, low_res)  # (B, M, h, w)
+        best = np.array([int(choose(iou[b], up_all[b])) for b in range(n)])
+        up = up_all[np.arange(n), best]
+    else:
+        best = np.argmax(iou, axis=1)
+        up = ctx.model.upscale(emb, low_res[np.arange(n), best][:, None])[:, 0]
+    chosen = low_res[np.arange(n), best]
+    stab = stability_score(up, thr)
+    out = []
+    for b in range(n):
+        crop = up[b] > thr
+        if window is None:
+            mask = crop
+        else:
+            y0, y1, x0, x1 = window
+            mask = np.zeros(ctx.hw, dtype=bool)
+            mask[y0:y1, x0:x1] = crop
+        out.append(
+            ObjectPreview(mask, float(iou[b, best[b]]), float(stab[b]), kinds[b], np.asarray(chosen[b][None], np.float32), window)
+        )
+    return out
+
+
+def decode_object(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, emb: Embedding, mask_input=None, choose=None) -> ObjectPreview:
+    """One decoder call for one object (points and/or box) in ``window``; the object's preview."""
+    off = _offset(window)
+    coords, labels, box = obj.decoder_args()
+    if coords is not None:
+        coords = (coords - off[None, None, :]).astype(np.float32)
+    if box is not None:
+        box = (box - np.tile(off, 2)[None]).astype(np.float32)
+    multimask = mask_input is None and box is None and coords is not None and coords.shape[1] == 1
+    out = ctx.model.decode(emb, point_coords=coords, point_labels=labels, boxes=box, mask_input=mask_input, multimask_output=multimask)
+    return previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, [obj.kind], choose if multimask else None)[0]
+
+
+def _padded_box(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    x0, y0, x1, y1 = mask_to_box_xyxy(mask).astype(np.float64)
+    pad = CLICK_BOX_PAD * max(x1 - x0, y1 - y0) + 1.0
+    return np.clip([x0 - pad, y0 - pad, x1 + pad, y1 + pad], 0, [hw[1] - 1, hw[0] - 1, hw[1] - 1, hw[0] - 1])
+
+
+def _box_stage_window(ctx: DecodeContext, box: np.ndarray, window: Window | None) -> Window | None:
+    """Where a click's second stage is decoded: its own window when the box fits there, else reuse or a box window."""
+    if window is None or fits(box, window, ctx.hw, ctx.reuse_scale):
+        return window
+    reused = reuse_window(box, ctx.encoded(), ctx.hw, ctx.reuse_scale)
+    if reused is not None:
+        return reused
+    return ctx.plane_or(prompt_window(box, ctx.hw, scale=ctx.window_scale, min_size=ctx.window_min))
+
+
+def decode_click(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, choose=None) -> ObjectPreview:
+    """Decode a fresh points-only prompt on a ``crop_to_prompt`` model, in two stages.
+
+    1. The points in ``window`` (sized from the object diameter estimated at the click, or an
+       encoded window the estimated object fits in); a single click uses the three-mask output and
+       keeps ``choose(iou (3,), logits (3, h, w))`` (default: the highest predicted IoU). While the
+       mask reaches a border of the window that is not the image's, the window is doubled (at most
+       ``CLICK_WINDOW_GROWTH`` times).
+    2. The first mask's bounding box (padded by ``CLICK_BOX_PAD``) plus the points, decoded in the
+       same window when the box fits it (:func:`~napari_sam_micro.core.windows.fits`: one window
+       per click), else in an encoded window that fits or the window a box prompt gets.
+
+    Raises :class:`EmbeddingNotReady` for a window still to encode.
+    """
+    hw = ctx.hw
+    first = None
+    for attempt in range(CLICK_WINDOW_GROWTH + 1):
+        first = decode_object(ctx, obj, window, ctx.get_embedding(window), choose=choose)
+        if window is None or attempt == CLICK_WINDOW_GROWTH or not reaches_border(first.mask, window, hw):
+            break
+        y0, y1, x0, x1 = window
+        bigger = ctx.plane_or(square_window((x0 + x1) / 2.0, (y0 + y1) / 2.0, 2 * max(y1 - y0, x1 - x0), hw))
+        if bigger == window:
+            break
+        window = bigger
+    if first is None or not first.mask.any():
+        return first
+    box = _padded_box(first.mask, hw)
+    boxed = ObjectPrompt(obj.point_coords, obj.point_labels, box.astype(np.float32), "box+points")
+    window2 = _box_stage_window(ctx, box, window)
+    second = decode_object(ctx, boxed, window2, ctx.get_embedding(window2))
+    return replace(second, kind=obj.kind)
+
+
+def decode_clicks_in_window(
+    ctx: DecodeContext, points_xy: np.ndarray, window: Window | None, choose=None
+) -> list[ObjectPreview | None]:
+    """Single positive clicks decoded together in one window: two batched decoder calls.
+
+    Stage 1 decodes every click (three masks each, ``choose`` picks one); stage 2 decodes each
+    first mask's padded box plus its click in the same window. A click whose first mask is empty,
+    or whose box does not fit the window (:func:`~napari_sam_micro.core.windows.fits`), gets None:
+    the caller decodes it alone with :func:`decode_click`.
+
+    Parameters
+    ----------
+    points_xy : (B, 2) float
+        Clicks ``(x, y)`` in plane pixels.
+    window : Window or None
+
+    Returns
+    -------
+    list of ObjectPreview or None
+        One per click, kind ``"points"``.
+    """
+    emb = ctx.get_embedding(window)
+    off = _offset(window)
+    pts = np.asarray(points_xy, np.float64).reshape(-1, 2)
+    coords = (pts - off[None])[:, None, :].astype(np.float32)
+    labels = np.ones((len(pts), 1), np.int32)
+    out = ctx.model.decode(emb, point_coords=coords, point_labels=labels, multimask_output=True)
+    first = previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, ["points"] * len(pts), choose)
+    keep, boxes = [], []
+    for b, prev in enumerate(first):
+        if not prev.mask.any():
+            continue
+        box = _padded_box(prev.mask, ctx.hw)
+        if window is not None and (reaches_border(prev.mask, window, ctx.hw) or not fits(box, window, ctx.hw, ctx.reuse_scale)):
+            continue
+        keep.append(b)
+        boxes.append(box)
+    result: list[ObjectPreview | None] = [None] * len(pts)
+    if not keep:
+        return result
+    boxes_w = (np.asarray(boxes) - np.tile(off, 2)[None]).astype(np.float32)
+    out2 = ctx.model.decode(emb, point_coords=coords[keep], point_labels=labels[keep], boxes=boxes_w, multimask_output=False)
+    for b, prev in zip(keep, previews(ctx, window, emb, out2.low_res_logits, out2.iou_predictions, ["points"] * len(keep))):
+        result[b] = prev
+    return result
+
+
+def _points_as_boxes(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, emb: Embedding) -> ObjectPreview:
+    """Decode a click prompt on a box-only model: candidate boxes around it, one batched call."""
+    off = _offset(window)
+    if obj.box is not None:
+        # box + points: the box is the prompt a box-only model understands
+        out = ctx.model.decode(emb, boxes=(obj.box[None] - np.tile(off, 2)[None]).astype(np.float32), multimask_output=False)
+        return previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, [obj.kind])[0]
+    pts = np.asarray(obj.point_coords, np.float64) - off[None]
+    lab = np.asarray(obj.point_labels)
+    pos, neg = pts[lab == 1], pts[lab == 0]
+    eh, ew = emb.original_size
+    side = float(min(ctx.point_box_scale(), max(eh, ew)))
+    (x0, y0), (x1, y1) = pos.min(axis=0), pos.max(axis=0)
+    cx, cy, extent = (x0 + x1) / 2.0, (y0 + y1) / 2.0, max(x1 - x0, y1 - y0)
+    halves = [max(frac * side, extent + 4.0) / 2.0 for frac in POINT_BOX_FRACTIONS]
+    boxes = np.array([[cx - h, cy - h, cx + h, cy + h] for h in halves])
+    boxes = np.clip(boxes, 0, [ew - 1, eh - 1, ew - 1, eh - 1]).astype(np.float32)
+    out = ctx.model.decode(emb, boxes=boxes, multimask_output=False)
+    masks = ctx.model.upscale(emb, out.low_res_logits)[:, 0] > float(ctx.model.mask_threshold)
+    iou = out.iou_predictions[:, 0]
+
+    def inside(mask, p):
+        r = np.clip(np.round(p[:, 1]).astype(int), 0, eh - 1)
+        c = np.clip(np.round(p[:, 0]).astype(int), 0, ew - 1)
+        return mask[r, c]
+
+    valid = [b for b, m in enumerate(masks) if m.any() and inside(m, pos).all() and not (len(neg) and inside(m, neg).any())]
+    best = max(valid, key=lambda b: iou[b]) if valid else int(np.argmax(iou))
+    return previews(ctx, window, emb, out.low_res_logits[[best]], out.iou_predictions[[best]], [obj.kind])[0]
+
+
+def decode_prompts(ctx: DecodeContext, objects: Sequence[ObjectPrompt], previous: ObjectPreview | None = None) -> list[ObjectPreview]:
+    """One preview per object prompt (the Annotator's preview, the evaluation's simulated user).
+
+    Plain boxes sharing a window go through **one** batched decoder call. A fresh click takes
+    :func:`decode_click` on crop models; points added to the ``previous`` single-object prompt
+    refine it with its low-resolution logits as ``mask_input`` (SAM's interactive refinement).
+
+    Raises
+    ------
+    EmbeddingNotReady
+        Every window still to encode for the first stage (later stages may raise once more).
+    """
+    windows = [object_window(ctx, obj, previous) for obj in objects]
+    missing = [w for w in dict.fromkeys(windows) if not ctx.is_ready(w)]
+    if missing:
+        raise EmbeddingNotReady(missing)
+    results: list[ObjectPreview | None] = [None] * len(objects)
+    groups: dict = {}
+    for k, (obj, window) in enumerate(zip(objects, windows)):
+        if obj.kind == "box":
+            groups.setdefault(window, []).append(k)
+    for window, ks in groups.items():
+        emb = ctx.get_embedding(window)
+        boxes = np.stack([np.asarray(objects[k].box, np.float32) for k in ks]) - np.tile(_offset(window), 2)[None]
+        out = ctx.model.decode(emb, boxes=boxes.astype(np.float32), multimask_output=False)
+        for k, prev in zip(ks, previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, ["box"] * len(ks))):
+            results[k] = prev
+    for k, (obj, window) in enumerate(zip(objects, windows)):
+        if obj.kind == "box":
+            continue
+        if ctx.points_as_boxes:
+            results[k] = _points_as_boxes(ctx, obj, window, ctx.get_embedding(window))
+        elif obj.box is None and previous is None:  # a fresh click
+            if ctx.clicks_in_windows:
+                results[k] = decode_click(ctx, obj, window)
+            else:
+                results[k] = decode_object(ctx, obj, window, ctx.get_embedding(window))
+        else:
+            mask_input = None
+            if previous is not None and previous.window == window:
+                mask_input = previous.low_res_logits[None].astype(np.float32)
+            results[k] = decode_object(ctx, obj, window, ctx.get_embedding(window), mask_input=mask_input)
+    return results
