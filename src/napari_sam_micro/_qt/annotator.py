@@ -48,7 +48,7 @@ from .._napari.layers import (
     plane_data,
 )
 from .._napari.prompts import indices_on_plane, plane_prompts
-from .._napari.state import ViewerState
+from .._napari.state import ViewerState, embedding_model_id
 from ..core.errors import ImageError, UserInputError
 from ..core.preprocess import PreprocessConfig
 from ..models.registry import available_models, default_model_name, get_spec
@@ -415,8 +415,8 @@ class AnnotatorWidget(QWidget):
         return index, config
 
     def _model_id(self) -> str:
-        ckpt = self.checkpoint()
-        return self.model_name() if ckpt is None else f"{self.model_name()}|{Path(ckpt).expanduser().resolve()}"
+        # the embeddings' identity (weights checksum, checkpoint file): keys of a disk cache too
+        return embedding_model_id(self.model_name(), self.checkpoint())
 
     def _sync_session(self, model) -> tuple:
         """Point the session at the displayed plane with ``model``; returns the plane index."""
