@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._napari.commit import commit_items
+from .._napari.commit import check_writable, commit_items
 from .._napari.layers import (
     ImageGeometry,
     current_plane_index,
@@ -722,6 +722,7 @@ class AnnotatorWidget(QWidget):
         try:
             index, _ = self._target()
             output = layers.output
+            check_writable(output)  # before planning: a lazy volume is not read for nothing
             items = session.commit_plan(
                 output.data, overwrite=self.overwrite_check.isChecked(), leading=index, prediction=prediction
             )
