@@ -226,6 +226,7 @@ class EmbeddingCache:
             secret_path(self.disk_dir) if self.disk_dir is not None else None
         )
         self._secret: bytes | None = None
+        self._secret_lock = threading.Lock()
         self._warned: set[str] = set()
         self._items: OrderedDict[str, Embedding] = OrderedDict()
         self._nbytes = 0
@@ -321,12 +322,13 @@ class EmbeddingCache:
             )
 
     def _get_secret(self) -> bytes | None:
-        if self._secret is None:
-            try:
-                self._secret = load_secret(self.secret_file)
-            except OSError as err:
-                self._warn_once("used (its key file cannot be created)", err)
-        return self._secret
+        with self._secret_lock:  # two workers must not create two secrets
+            if self._secret is None:
+                try:
+                    self._secret = load_secret(self.secret_file)
+                except OSError as err:
+                    self._warn_once("used (its key file cannot be created)", err)
+            return self._secret
 
     def _write_disk(self, key: str, emb: Embedding) -> None:
         path = self._path(key)
