@@ -1,6 +1,7 @@
 """The viewer's embedding cache settings (issue 12.1) and its disk tier wired into the plugin (issue 11.6)."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,9 +71,7 @@ def test_disk_tier_settings(monkeypatch, tmp_path):
     # default folder: the user cache dir
     from platformdirs import user_cache_dir
 
-    assert kwargs["disk_dir"].parent.name == "napari-sam-micro" or str(kwargs["disk_dir"]).startswith(
-        user_cache_dir("napari-sam-micro")
-    )
+    assert kwargs["disk_dir"] == Path(user_cache_dir("napari-sam-micro")) / "embeddings"
     monkeypatch.setenv(state_mod.DISK_DIR_ENV, str(tmp_path / "emb"))
     monkeypatch.setenv(state_mod.DISK_CACHE_ENV, "500")
     cache = ViewerState().cache
@@ -157,3 +156,18 @@ def test_the_embedding_identity_carries_the_weights_and_the_checkpoint_file(tmp_
     ckpt.write_bytes(b"ab")  # retrained into the same file: other embeddings
     assert embedding_model_id("vit_b", ckpt) != before
 
+
+
+def test_the_annotator_opens_with_a_nonsense_budget(qtbot, monkeypatch, caplog):
+    """``inf`` crashed the widget on opening."""
+    from napari.components import ViewerModel
+
+    from napari_sam_micro._qt.annotator import AnnotatorWidget
+
+    monkeypatch.setenv(state_mod.CACHE_ENV, "inf")
+    with caplog.at_level(logging.WARNING, logger=state_mod.__name__):
+        widget = AnnotatorWidget(ViewerModel(), model="tiny-test")
+    qtbot.addWidget(widget)
+    qtbot.waitUntil(lambda: not widget.is_busy(), timeout=120_000)
+    assert widget.state.cache.max_bytes == DEFAULT_CACHE_BYTES
+    assert any("'inf'" in r.getMessage() for r in caplog.records)
