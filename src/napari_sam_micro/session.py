@@ -773,16 +773,26 @@ class AnnotationSession:
         leading = tuple(int(i) for i in leading)
         if len(leading) != labels.ndim - 2:
             raise ValueError(f"labels of shape {labels.shape} need {labels.ndim - 2} leading indices, got {leading}")
-        plane = np.array(labels[leading] if leading else labels, copy=True)
-        if plane.shape != prediction.objects[0].mask.shape:
+        hw = tuple(int(s) for s in labels.shape[-2:])
+        if hw != prediction.objects[0].mask.shape:
             raise ImageError(
-                f"The labels layer plane is {plane.shape[1]} × {plane.shape[0]} pixels but the image is "
+                f"The labels layer plane is {hw[1]} × {hw[0]} pixels but the image is "
                 f"{prediction.objects[0].mask.shape[1]} × {prediction.objects[0].mask.shape[0]}."
             )
-        next_id = next_free_id(labels)
+        # read only the region the masks touch (a lazy volume is never loaded whole)
+        rows, cols = np.nonzero(np.any([obj.mask for obj in prediction.objects], axis=0))
+        r0, c0 = (int(rows.min()), int(cols.min())) if rows.size else (0, 0)
+        region = (slice(r0, int(rows.max()) + 1 if rows.size else 0), slice(c0, int(cols.max()) + 1 if cols.size else 0))
+        plane = np.array(labels[(*leading, *region)], copy=True)
+        if isinstance(labels, np.ndarray):
+            next_id = next_free_id(labels)
+        else:  # lazy arrays reduce chunk by chunk (dask), else plane by plane
+            top = labels.max() if hasattr(labels, "max") else max((np.asarray(p).max() for p in labels), default=0)
+            next_id = max(int(top.compute() if hasattr(top, "compute") else top), 0) + 1
         items = []
         for k, obj in enumerate(prediction.objects):
-            sel = obj.mask if overwrite else obj.mask & (plane == 0)
+            mask = obj.mask[region]
+            sel = mask if overwrite else mask & (plane == 0)
             if not sel.any():
                 continue
             label_id = next_id
@@ -794,8 +804,11 @@ class AnnotationSession:
             next_id += 1
             plane[sel] = label_id
             rr, cc = np.nonzero(sel)
+            rr, cc = rr + r0, cc + c0
             indices = (*(np.full(rr.shape, i, dtype=np.intp) for i in leading), rr.astype(np.intp), cc.astype(np.intp))
-            row = object_row(label_id, sel, obj.predicted_iou, obj.stability, obj.kind)
+            full = np.zeros(hw, bool)
+            full[rr, cc] = True
+            row = object_row(label_id, full, obj.predicted_iou, obj.stability, obj.kind)
             items.append(CommitItem(indices=indices, label_id=label_id, row=row, object_index=k))
         return items
 

@@ -99,6 +99,7 @@ def test_disk_round_trip(tmp_path):
 
 
 def test_corrupted_disk_file_is_ignored_and_removed(tmp_path):
+    tmp_path = tmp_path / "cache"  # the disk tier's secret goes beside the folder
     c = EmbeddingCache(disk_dir=tmp_path)
     key = embedding_key("x", "m", "p")
     c.put(key, _emb())
@@ -110,6 +111,7 @@ def test_corrupted_disk_file_is_ignored_and_removed(tmp_path):
 
 
 def test_mismatching_disk_file_is_ignored(tmp_path, monkeypatch):
+    tmp_path = tmp_path / "cache"  # the disk tier's secret goes beside the folder
     c = EmbeddingCache(disk_dir=tmp_path)
     k1, k2 = embedding_key("a", "m", "p"), embedding_key("b", "m", "p")
     c.put(k1, _emb())
@@ -124,6 +126,7 @@ def test_mismatching_disk_file_is_ignored(tmp_path, monkeypatch):
 
 
 def test_tampered_features_fail_digest(tmp_path):
+    tmp_path = tmp_path / "cache"  # the disk tier's secret goes beside the folder
     c = EmbeddingCache(disk_dir=tmp_path)
     key = embedding_key("a", "m", "p")
     c.put(key, _emb())
@@ -136,6 +139,7 @@ def test_tampered_features_fail_digest(tmp_path):
 
 
 def test_disk_budget_prunes_oldest(tmp_path):
+    tmp_path = tmp_path / "cache"  # the disk tier's secret goes beside the folder
     one = _emb().nbytes
     c = EmbeddingCache(disk_dir=tmp_path, disk_max_bytes=int(2.5 * (one + 1000)))
     import os

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._napari.commit import commit_items
+from .._napari.commit import check_writable, commit_items
 from .._napari.layers import (
     ImageGeometry,
     current_plane_index,
@@ -48,7 +48,7 @@ from .._napari.layers import (
     plane_data,
 )
 from .._napari.prompts import indices_on_plane, plane_prompts
-from .._napari.state import ViewerState
+from .._napari.state import ViewerState, embedding_model_id
 from ..core.errors import ImageError, UserInputError
 from ..core.preprocess import PreprocessConfig
 from ..models.registry import available_models, default_model_name, get_spec
@@ -427,8 +427,8 @@ class AnnotatorWidget(QWidget):
         return index, config
 
     def _model_id(self) -> str:
-        ckpt = self.checkpoint()
-        return self.model_name() if ckpt is None else f"{self.model_name()}|{Path(ckpt).expanduser().resolve()}"
+        # the embeddings' identity (weights checksum, checkpoint file): keys of a disk cache too
+        return embedding_model_id(self.model_name(), self.checkpoint())
 
     def _sync_session(self, model) -> tuple:
         """Point the session at the displayed plane with ``model``; returns the plane index."""
@@ -763,6 +763,7 @@ class AnnotatorWidget(QWidget):
         try:
             index, _ = self._target()
             output = layers.output
+            check_writable(output)  # before planning: a lazy volume is not read for nothing
             items = session.commit_plan(
                 output.data, overwrite=self.overwrite_check.isChecked(), leading=index, prediction=prediction
             )

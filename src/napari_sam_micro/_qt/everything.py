@@ -56,7 +56,7 @@ from ..models.registry import available_models, default_model_name, get_spec
 from ..session import AnnotationSession, SeededSegmentation
 from .._napari.features import set_object_table
 from .._napari.layers import META_KEY, current_plane_index, image_geometry, layer_meta, plane_data
-from .._napari.state import ViewerState
+from .._napari.state import ViewerState, embedding_model_id
 from .objects_table import LayerComboBox
 from .workers import notify_exception, start_job
 
@@ -452,7 +452,7 @@ class EverythingWidget(QWidget):
             job = self._seeds_job(model_name, plane, config, self.seed_spin.value())
             on_result = lambda res: self._on_seeded(res, target)  # noqa: E731
         else:
-            key = embedding_key(content_digest(plane), model_name, config.key())
+            key = embedding_key(content_digest(plane), embedding_model_id(model_name), config.key())
             job = self._job(model_name, plane, config, params, key)
             on_result = lambda cands: self._on_candidates(cands, target)  # noqa: E731
         self.run_button.setEnabled(False)
@@ -481,7 +481,7 @@ class EverythingWidget(QWidget):
         model = yield from self.state.models.get_job(model_name)
         yield Progress(0, 0, "Finding object centres")
         session = AnnotationSession(
-            model, self.state.cache, config, model_id=model_name, **AnnotationSession.options_for(get_spec(model_name))
+            model, self.state.cache, config, model_id=embedding_model_id(model_name), **AnnotationSession.options_for(get_spec(model_name))
         )
         session.set_image(plane)
         seeds = find_seeds(normalize_image(plane, config), min_distance=int(min_distance))

@@ -18,6 +18,8 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +39,8 @@ __all__ = [
     "verify_sha256",
     "download_job",
     "ensure_checkpoint_job",
+    "READ_ERRORS",
+    "damaged_file_error",
 ]
 
 #: Environment variable that overrides the checkpoint folder.
@@ -48,6 +52,38 @@ _HASH_CHUNK = 1 << 20
 # contents (not of loaded models), so large checkpoints are hashed once per process, not per load.
 _digest_memo: dict[tuple[str, int, int], str] = {}
 _digest_lock = threading.Lock()
+
+
+#: What reading a damaged weights file raises (``zipfile.BadZipFile`` and "Bad CRC-32" are
+#: ``BadZipFile``; a truncated member is ``EOFError``; a damaged deflate stream ``zlib.error``;
+#: ``OSError`` for an unreadable disk; ``ValueError`` for a damaged ``.npy`` header).
+READ_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError)
+
+
+def damaged_file_error(path, err: BaseException, *, expected_sha256: str | None = None, restore: str | None = None):
+    """A :class:`ModelUnavailableError` saying that the weights file ``path`` is damaged and how to restore it.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    err : BaseException
+        What reading it raised (named in the message, for a bug report).
+    expected_sha256 : str, optional
+        Checksum of the good file (shipped or downloaded weights), quoted so a copy can be checked.
+    restore : str, optional
+        How to get a good copy; default: replace it with a good copy or choose another file.
+    """
+    path = Path(path).expanduser()
+    detail = str(err).splitlines()[0] if str(err) else ""
+    if "pickle" in detail:  # numpy's guess for bytes that are no .npy/.npz at all; never load those
+        detail = "not an .npz archive of weights"
+    what = f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+    check = f" A good copy has the SHA-256 checksum {expected_sha256}." if expected_sha256 else ""
+    how = restore or "Replace it with a good copy (e.g. export or download it again), or choose another weights file."
+    return ModelUnavailableError(
+        f"The weights file {path} is damaged (or is not a weights file) and cannot be read ({what}). {how}{check}"
+    )
 
 
 def cache_dir() -> Path:
@@ -90,11 +126,17 @@ def sha256_job(path: str | os.PathLike, chunk: int = _HASH_CHUNK) -> Generator[P
     done = 0
     message = f"Checking {path.name}"
     yield Progress(0, total, message)
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-            done += len(block)
-            yield Progress(done, total, message)
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+                done += len(block)
+                yield Progress(done, total, message)
+    except OSError as err:  # permissions, a failing disk: say which file
+        raise ModelUnavailableError(
+            f"The file {path} cannot be read ({err.strerror or err}). Check that it is there and readable, "
+            "or choose another file."
+        ) from err
     hexdigest = digest.hexdigest()
     with _digest_lock:
         _digest_memo[key] = hexdigest

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ModelUnavailableError
+from .checkpoints import READ_ERRORS, damaged_file_error, verify_sha256
 from .registry import LITEMEDSAM_ENCODER_ID, ModelSpec, register
 
 __all__ = ["MICRO_NAME", "WEIGHTS_PATH", "WEIGHTS_SHA256", "build_micro", "tunes_image_encoder", "weights_available"]
@@ -35,10 +36,20 @@ def weights_available() -> bool:
     return WEIGHTS_PATH.is_file()
 
 
+_REINSTALL = "Reinstall the plugin to restore it: pip install --force-reinstall napari-sam-micro."
+
+
 def tunes_image_encoder(path: Path = WEIGHTS_PATH) -> bool:
-    """Whether a weights file replaces part of LiteMedSAM's image encoder (reads only the file's index)."""
-    with np.load(path, allow_pickle=False) as data:
-        return any(name.startswith("image_encoder.") for name in data.files)
+    """Whether a weights file replaces part of LiteMedSAM's image encoder (reads only the file's index).
+
+    A file that cannot be read counts as tuning it (its embeddings are then never shared with
+    LiteMedSAM's); loading it fails later with a message saying it is damaged.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return any(name.startswith("image_encoder.") for name in data.files)
+    except (*READ_ERRORS, AttributeError, TypeError):  # damaged, or a plain .npy (no .files / no context)
+        return True
 
 
 def build_micro(checkpoint: Path | None = None, device: str = "cpu"):
@@ -55,22 +66,29 @@ def build_micro(checkpoint: Path | None = None, device: str = "cpu"):
     Raises
     ------
     ModelUnavailableError
-        Weights missing, corrupt (checksum mismatch) or not fitting LiteMedSAM.
+        Weights missing, damaged (checksum mismatch, unreadable archive: the message names the file
+        and how to restore it) or not fitting LiteMedSAM.
     """
-    from .checkpoints import verify_sha256
     from .device import autocast_dtype
     from .litemedsam import LiteMedSamAdapter, build_litemedsam
     from .training import load_exported
 
     path = WEIGHTS_PATH if checkpoint is None else Path(checkpoint).expanduser()
-    if checkpoint is None and not verify_sha256(path, WEIGHTS_SHA256):
+    shipped = checkpoint is None
+    if shipped and not verify_sha256(path, WEIGHTS_SHA256):
+        state = "damaged or corrupt (the checksum does not match)" if path.is_file() else "missing"
         raise ModelUnavailableError(
-            f"The micro-tiny weights shipped with napari-sam-micro ({path}) are missing or corrupt "
-            "(checksum mismatch). Reinstall the plugin: pip install --force-reinstall napari-sam-micro."
+            f"The micro-tiny weights shipped with napari-sam-micro ({path}) are {state}. {_REINSTALL} "
+            f"A good copy has the SHA-256 checksum {WEIGHTS_SHA256}."
         )
     net = build_litemedsam(None, device="cpu").net
     try:
         load_exported(net, path)
+    except ModelUnavailableError as err:  # damaged or unreadable file: its message names it
+        if not shipped:
+            raise
+        cause = err.__cause__ if err.__cause__ is not None else err
+        raise damaged_file_error(path, cause, expected_sha256=WEIGHTS_SHA256, restore=_REINSTALL) from err
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelUnavailableError(
             f"{path} does not contain micro-tiny weights (a LiteMedSAM prompt encoder + mask decoder .npz): "

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+from ..core.errors import ModelUnavailableError
 from ..core.masks import border_distance, farthest_interior_point, mask_to_box_xyxy
 from ..core.preprocess import prompt_window
 from ..core.progress import Progress
@@ -1013,13 +1014,26 @@ def load_exported(net, path: str | Path, require_decoder: bool = True) -> tuple[
 
     Raises
     ------
+    ModelUnavailableError
+        The file is missing, damaged or not an ``.npz`` (the message names it; ``BadZipFile``,
+        ``EOFError`` … never escape).
     KeyError
         Decoder keys missing, or keys that are not LiteMedSAM parameters.
     RuntimeError
         A shape mismatch.
     """
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    from .checkpoints import READ_ERRORS, damaged_file_error
+
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy: one array, not named weights
+            raise ValueError("a single array, not an .npz of named weights")
+        with data:
+            arrays = {k: data[k] for k in data.files}
+    except FileNotFoundError as err:
+        raise ModelUnavailableError(f"The weights file {Path(path).expanduser()} does not exist.") from err
+    except READ_ERRORS as err:
+        raise damaged_file_error(path, err) from err
     state = net.state_dict()
     unknown = sorted(set(arrays) - set(state))
     if unknown:
