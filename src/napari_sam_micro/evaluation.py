@@ -236,7 +236,12 @@ def load_raw(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
     labels = check_label_image(_read_tiff(record.labels_path), str(record.labels_path))
     if raw.ndim == 3 and raw.shape[0] in (3, 4) and raw.shape[-1] not in (3, 4):
         raw = np.moveaxis(raw, 0, -1)
-    if labels.ndim != 2 or raw.shape[:2] != labels.shape:
+    if labels.ndim != 2:
+        raise UserInputError(
+            f"{record.labels_path} has shape {labels.shape}: the evaluation works on single 2D images "
+            "(z or t stacks are not supported)."
+        )
+    if raw.shape[:2] != labels.shape:
         raise UserInputError(
             f"{record.labels_path} (shape {labels.shape}) does not match its image {record.image_path} "
             f"(shape {raw.shape}): the labels must be one 2D plane of the image's height and width."
