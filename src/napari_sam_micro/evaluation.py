@@ -218,6 +218,8 @@ def _read_tiff(path: Path) -> np.ndarray:
         raise UserInputError(f"The file {path} does not exist.")
     try:
         return np.asarray(tifffile.imread(path))
+    except MemoryError:
+        raise
     except Exception as err:  # a damaged file raises many types (TiffFileError, struct, zlib …)
         raise UserInputError(f"Cannot read {path}: the file is damaged or not a TIFF ({type(err).__name__}: {err}).") from err
 
