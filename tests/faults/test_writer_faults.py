@@ -83,7 +83,9 @@ def test_disk_full_while_writing_the_table(saved, monkeypatch):
 def test_no_room_for_the_backup(saved, monkeypatch):
     monkeypatch.setattr(export.os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EPERM, "no hard links")))
 
-    def no_copy(*args, **kwargs):
+    def no_copy(src, dst, **kwargs):
+        with open(dst, "wb") as fh:  # a partial copy, then the disk is full
+            fh.write(b"II*\0")
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
     monkeypatch.setattr(export.shutil, "copy2", no_copy)

@@ -159,7 +159,11 @@ def _backup(dest: Path) -> str | None:
     try:
         os.link(dest, name)  # no copy of the data; the old file keeps its inode
     except OSError:
-        shutil.copy2(dest, name)  # file systems without hard links (FAT, some network shares)
+        try:
+            shutil.copy2(dest, name)  # file systems without hard links (FAT, some network shares)
+        except BaseException:
+            _remove(name)  # a partial copy (disk full) must not be left behind
+            raise
     return name
 
 
