@@ -196,3 +196,21 @@ def test_evaluate_job_loads_a_checkpoint_for_the_model_under_test_only(tmp_path,
     )
     assert loads == [("tiny-test", ckpt), ("litemedsam", None)]
     assert result["settings"]["checkpoint"] == str(ckpt)
+
+
+def test_load_raw_rejects_fractional_labels_naming_the_file(tmp_path):
+    """Issue 12.8: ``astype(int32)`` truncated 0.5 to 0 and the objects vanished with exit code 0."""
+    import tifffile
+
+    from napari_sam_micro.evaluation import load_raw
+
+    folder = write_synthetic_set(tmp_path, n_images=1)
+    rec = read_index(folder)[0]
+    labels = tifffile.imread(rec.labels_path)
+    tifffile.imwrite(rec.labels_path, labels.astype(np.float32) * 0.5)
+    with pytest.raises(UserInputError, match=rf"{rec.labels_path.name} is not a label image.*whole numbers"):
+        load_raw(rec)
+    tifffile.imwrite(rec.labels_path, labels.astype(np.float32))  # whole numbers stored as float are fine
+    raw, back = load_raw(rec)
+    np.testing.assert_array_equal(back, labels)
+    assert back.dtype == np.int32

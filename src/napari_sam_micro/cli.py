@@ -8,8 +8,12 @@
 ``evaluate`` prompts every ground-truth object as a simulated user (see
 :mod:`napari_sam_micro.evaluation`) and prints a table of mean IoU per prompt kind and modality,
 with the untrained LiteMedSAM and the inscribed-ellipse baselines; a plain-text progress bar goes
-to stderr. ``metrics`` scores a predicted label image against ground truth
+to stderr. With ``--json`` the output file is checked before the run and rewritten (atomically)
+after every image, so an interrupted run keeps its results; an image that cannot be evaluated is
+skipped and named, and the exit code is then 2. ``metrics`` scores a predicted label image against ground truth
 (:func:`napari_sam_micro.core.metrics.instance_scores`).
+
+Every error the user can fix is printed as ``error: ...`` (naming the file) with exit code 2.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 from .core.errors import ModelUnavailableError, UserInputError
@@ -52,9 +57,30 @@ def _jsonable(value):
     return value
 
 
+def _check_output(path: str) -> Path:
+    """Fail before a long run, not after it, when the ``--json`` file cannot be written."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise UserInputError(f"--json {out} is a folder; give a file name, e.g. {out / 'result.json'}.")
+    if not out.parent.is_dir():
+        raise UserInputError(f"--json {out}: the folder {out.parent} does not exist.")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise UserInputError(f"--json {out}: cannot write in the folder {out.parent} ({err.strerror or err}).") from err
+    return out
+
+
 def _evaluate(args) -> int:
+    from .core.export import write_text_atomic
     from .core.progress import drain
     from .evaluation import PROMPT_KINDS, evaluate_job, format_table
+
+    out = _check_output(args.json) if args.json else None
+
+    def save(result: dict) -> None:  # after every image: an interrupted run keeps what it did
+        write_text_atomic(out, json.dumps(_jsonable(result), indent=1))
 
     kinds = tuple(args.prompts.split(",")) if args.prompts else PROMPT_KINDS
     baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines is not None else ("litemedsam", "ellipse")
@@ -72,28 +98,42 @@ def _evaluate(args) -> int:
         everything_images=args.everything_images,
         modalities=tuple(args.modalities.split(",")) if args.modalities else None,
         checkpoint=args.checkpoint,
+        on_image=save if out is not None else None,
     )
     result = drain(job, None if args.quiet else _bar(sys.stderr))
     if not args.quiet:
         sys.stderr.write("\n")
     print(format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(_jsonable(result), indent=1))
-        print(f"wrote {args.json}")
-    return 0
+    if out is not None:
+        save(result)
+        print(f"wrote {out}")
+    return _report_skipped(result, out)
+
+
+def _report_skipped(result: dict, out: Path | None) -> int:
+    """``error:`` lines for the images the evaluation skipped; exit code 2 when there are any."""
+    skipped = result.get("skipped", [])
+    if not skipped:
+        return 0
+    n = len(skipped) + len(result.get("images", []))
+    kept = f"; the results of the others are in {out}" if out is not None else ""
+    print(f"error: {len(skipped)} of {n} images could not be evaluated{kept}:", file=sys.stderr)
+    for item in skipped:
+        print(f"  {item['image']}: {item['error']}", file=sys.stderr)
+    return 2
 
 
 def _metrics(args) -> int:
     import numpy as np
 
     from .core.export import read_labels
-    from .core.metrics import instance_scores
+    from .core.metrics import check_label_image, instance_scores
 
-    gt = np.asarray(read_labels(args.gt))
-    pred = np.asarray(read_labels(args.pred))
+    gt = check_label_image(read_labels(args.gt), f"The ground truth {args.gt}")
+    pred = check_label_image(read_labels(args.pred), f"The prediction {args.pred}")
     if gt.shape != pred.shape:
         raise UserInputError(f"The label images differ in shape: {gt.shape} (ground truth) vs {pred.shape} (prediction).")
-    scores = instance_scores(gt, pred)
+    scores = instance_scores(np.asarray(gt), np.asarray(pred))
     if args.json:
         out = {k: v for k, v in scores.items() if k not in ("matches", "per_object_iou", "best_iou")}
         out["per_object_iou"] = scores["per_object_iou"]
@@ -149,7 +189,7 @@ def main(argv=None) -> int:
         args.model = default_model_name()
     try:
         return int(args.func(args) or 0)
-    except (UserInputError, ModelUnavailableError, FileNotFoundError) as err:
+    except (UserInputError, ModelUnavailableError, OSError) as err:  # OSError: disk full, no permission …
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import csv
 import zlib
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from scipy import ndimage as ndi
 
 from .core.errors import UserInputError
 from .core.masks import farthest_interior_point, mask_to_box_xyxy
-from .core.metrics import instance_scores, mask_iou
+from .core.metrics import check_label_image, instance_scores, mask_iou
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Progress
 
@@ -124,19 +124,35 @@ def read_index(data_dir: str | Path) -> list[ImageRecord]:
         raise UserInputError(f"No data set found in {root}: expected an index.csv there or in its sub-folders.")
     records = []
     for index in indexes:
-        folder = index.parent
-        with index.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                records.append(
-                    ImageRecord(
-                        dataset=folder.name,
-                        name=row["name"],
-                        modality=row["modality"],
-                        image_path=folder / "images" / f"{row['name']}.tif",
-                        labels_path=folder / "labels" / f"{row['name']}.tif",
-                    )
-                )
+        records.extend(_index_records(index))
     return sorted(records, key=lambda r: (r.dataset, r.name))
+
+
+def _index_records(index: Path) -> list[ImageRecord]:
+    """The records of one ``index.csv``; :class:`UserInputError` naming the file when it is unusable."""
+    folder = index.parent
+    try:
+        with index.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in ("name", "modality") if c not in (reader.fieldnames or ())]
+            if missing:
+                raise UserInputError(
+                    f"{index} has no '{missing[0]}' column: its first line must name the columns, "
+                    "including 'name' (image file name without .tif) and 'modality'."
+                )
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserInputError(f"Cannot read {index}: {err}.") from err
+    records = []
+    for line, row in enumerate(rows, start=2):
+        name, modality = (row.get("name") or "").strip(), (row.get("modality") or "").strip()
+        if not name or not modality:
+            raise UserInputError(f"{index}, line {line}: the 'name' or 'modality' cell is empty.")
+        records.append(ImageRecord(
+            dataset=folder.name, name=name, modality=modality,
+            image_path=folder / "images" / f"{name}.tif", labels_path=folder / "labels" / f"{name}.tif",
+        ))
+    return records
 
 
 def split_records(
@@ -195,15 +211,46 @@ def preprocess_config_for(raw: np.ndarray) -> PreprocessConfig:
     return PreprocessConfig(rgb=rgb)
 
 
-def load_raw(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
-    """``(raw image (H, W) or (H, W, 3|4), labels (H, W) int32)`` as stored (channels last)."""
+def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
-    raw = np.asarray(tifffile.imread(record.image_path))
-    labels = np.asarray(tifffile.imread(record.labels_path)).astype(np.int32)
+    if not path.is_file():
+        raise UserInputError(f"The file {path} does not exist.")
+    try:
+        return np.asarray(tifffile.imread(path))
+    except MemoryError:
+        raise
+    except Exception as err:  # a damaged file raises many types (TiffFileError, struct, zlib …)
+        raise UserInputError(f"Cannot read {path}: the file is damaged or not a TIFF ({type(err).__name__}: {err}).") from err
+
+
+def load_raw(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw image (H, W) or (H, W, 3|4), labels (H, W) int32)`` as stored (channels last).
+
+    Raises
+    ------
+    UserInputError
+        A file is missing or damaged, the labels are not whole non-negative numbers (truncating
+        fractional values would silently change the objects), or image and labels differ in
+        height and width; the message names the file.
+    """
+    raw = _read_tiff(record.image_path)
+    labels = check_label_image(_read_tiff(record.labels_path), str(record.labels_path))
     if raw.ndim == 3 and raw.shape[0] in (3, 4) and raw.shape[-1] not in (3, 4):
         raw = np.moveaxis(raw, 0, -1)
-    return raw, labels
+    if labels.ndim != 2:
+        raise UserInputError(
+            f"{record.labels_path} has shape {labels.shape}: the evaluation works on single 2D images "
+            "(z or t stacks are not supported)."
+        )
+    if raw.shape[:2] != labels.shape:
+        raise UserInputError(
+            f"{record.labels_path} (shape {labels.shape}) does not match its image {record.image_path} "
+            f"(shape {raw.shape}): the labels must be one 2D plane of the image's height and width."
+        )
+    if labels.size and int(labels.max()) > np.iinfo(np.int32).max:
+        raise UserInputError(f"{record.labels_path} has label ids above {np.iinfo(np.int32).max}.")
+    return raw, labels.astype(np.int32, copy=False)
 
 
 def load_record(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -325,6 +372,7 @@ def evaluate_job(
     everything_images: int | None = None,
     modalities: Sequence[str] | None = None,
     checkpoint: str | Path | None = None,
+    on_image: Callable[[dict], None] | None = None,
 ) -> Generator[Progress, None, dict]:
     """Evaluate ``model_name`` (and baselines) with a simulated user; a job.
 
@@ -365,6 +413,9 @@ def evaluate_job(
         Weights of the model under test other than its default ones (a user's own fine-tune, e.g.
         a ``scripts/train_micro.py`` output for ``micro-tiny``); its embeddings are then never
         shared with a baseline's.
+    on_image : callable, optional
+        Called after every image with the result so far (same keys as the return value,
+        ``"complete": False``), e.g. to save partial results as the run goes.
 
     Yields
     ------
@@ -376,7 +427,9 @@ def evaluate_job(
     dict
         ``{"models": [...], "split": ..., "images": [...keys], "n_objects": {modality: n},
         "iou": {model: {kind: {modality: mean IoU}}}, "f1": {model: {modality: F1@0.5}},
-        "per_object": [...rows]}``.
+        "per_object": [...rows], "skipped": [{"image": key, "error": message}], "complete": True}``.
+        An image that cannot be evaluated (damaged file, labels that are not whole numbers, image
+        and labels of different sizes …) is skipped and listed in ``"skipped"``; the run goes on.
     """
     from .models.registry import get_spec, load_model
 
@@ -404,38 +457,91 @@ def evaluate_job(
     for name in model_names:
         yield Progress(done, total, f"loading {name}")
         models[name] = load_model(name, device=device, checkpoint=checkpoint if name == model_name else None)
+    settings = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
+                "checkpoint": None if checkpoint is None else str(checkpoint),
+                "min_area": min_area, "seed": seed, "everything_images": everything_images,
+                "limit": limit, "split": split}
+    run = _Run(model_names, specs, models, embedding_ids, with_ellipse, tuple(prompt_kinds), n_clicks, min_area,
+               max_objects, seed, everything, everything_images, amg_params)
+    skipped: list[dict] = []
+
+    def result_so_far(evaluated: list[ImageRecord], complete: bool) -> dict:
+        result = _summarise(model_names, with_ellipse, evaluated, rows, f1_rows, split)
+        result.update(n_objects=dict(n_objects), settings=settings, skipped=list(skipped), complete=complete)
+        return result
+
+    evaluated: list[ImageRecord] = []
     for rec in records:
-        raw, labels = load_raw(rec)
-        config = preprocess_config_for(raw)
-        objects = _objects(labels, min_area)
-        if max_objects is not None and len(objects) > max_objects:
-            rng = np.random.default_rng([seed, zlib.crc32(rec.key.encode())])
-            objects = [objects[i] for i in sorted(rng.choice(len(objects), max_objects, replace=False).tolist())]
-        n_objects[rec.modality] = n_objects.get(rec.modality, 0) + len(objects)
-        if with_ellipse and any(k.startswith("box") for k in prompt_kinds):
-            for oid, _sl in objects:
-                gt = labels == oid
-                rows.append(_row("ellipse", rec, oid, "box", mask_iou(ellipse_in_box(mask_box(gt), labels.shape), gt)))
-        # models with the same image encoder and input path share embeddings (bit-identical)
-        cache = _new_cache()
-        for name in model_names:
-            yield Progress(done, total, f"{name}: {rec.key}")
-            spec, model = specs[name], models[name]
-            user = _PluginUser(model, spec, raw, config, cache, embedding_ids[name])
-            rows.extend(_score_objects(user, name, rec, labels, objects, prompt_kinds, n_clicks))
-            count = amg_done.get((name, rec.modality), 0)
-            if everything and (everything_images is None or count < everything_images):
-                amg_done[(name, rec.modality)] = count + 1
-                f1_rows.append(_everything_row(user, spec, name, rec, normalize_image(raw, config), labels, amg_params))
-            done += 1
+        try:
+            image_rows, image_f1, n_image_objects = yield from _evaluate_image(run, rec, amg_done, (done, total))
+        except UserInputError as err:  # a bad image is reported and skipped, the run goes on
+            skipped.append({"image": rec.key, "error": str(err)})
+            yield Progress(done, total, f"skipped {rec.key}: {err}")
+        else:
+            rows.extend(image_rows)
+            f1_rows.extend(image_f1)
+            n_objects[rec.modality] = n_objects.get(rec.modality, 0) + n_image_objects
+            evaluated.append(rec)
+        done += len(model_names)
+        if on_image is not None:
+            on_image(result_so_far(evaluated, complete=False))
     yield Progress(total, total, "done")
-    result = _summarise(model_names, with_ellipse, records, rows, f1_rows, split)
-    result["n_objects"] = n_objects
-    result["settings"] = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
-                          "checkpoint": None if checkpoint is None else str(checkpoint),
-                          "min_area": min_area, "seed": seed, "everything_images": everything_images,
-                          "limit": limit, "split": split}
-    return result
+    return result_so_far(evaluated, complete=True)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every image of one :func:`evaluate_job` run is scored with."""
+
+    model_names: list
+    specs: dict
+    models: dict
+    embedding_ids: dict
+    with_ellipse: bool
+    prompt_kinds: tuple
+    n_clicks: int
+    min_area: int
+    max_objects: int | None
+    seed: int
+    everything: bool
+    everything_images: int | None
+    amg_params: object
+
+
+def _evaluate_image(run: _Run, rec: ImageRecord, amg_done: dict, progress: tuple[int, int]):
+    """Score every model on one image; a job returning ``(rows, everything rows, number of objects)``.
+
+    Raises :class:`UserInputError` for an image that cannot be evaluated (files, labels, shape).
+    """
+    done, total = progress
+    raw, labels = load_raw(rec)
+    config = preprocess_config_for(raw)
+    objects = _objects(labels, run.min_area)
+    if run.max_objects is not None and len(objects) > run.max_objects:
+        rng = np.random.default_rng([run.seed, zlib.crc32(rec.key.encode())])
+        objects = [objects[i] for i in sorted(rng.choice(len(objects), run.max_objects, replace=False).tolist())]
+    rows: list[dict] = []
+    f1_rows: list[dict] = []
+    if run.with_ellipse and any(k.startswith("box") for k in run.prompt_kinds):
+        for oid, _sl in objects:
+            gt = labels == oid
+            rows.append(_row("ellipse", rec, oid, "box", mask_iou(ellipse_in_box(mask_box(gt), labels.shape), gt)))
+    # models with the same image encoder and input path share embeddings (bit-identical)
+    cache = _new_cache()
+    counted = []
+    for k, name in enumerate(run.model_names):
+        yield Progress(done + k, total, f"{name}: {rec.key}")
+        spec, model = run.specs[name], run.models[name]
+        user = _PluginUser(model, spec, raw, config, cache, run.embedding_ids[name])
+        rows.extend(_score_objects(user, name, rec, labels, objects, run.prompt_kinds, run.n_clicks))
+        count = amg_done.get((name, rec.modality), 0)
+        if run.everything and (run.everything_images is None or count < run.everything_images):
+            counted.append((name, rec.modality))
+            image = normalize_image(raw, config)
+            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params))
+    for key in counted:  # only an image evaluated to the end counts towards everything_images
+        amg_done[key] = amg_done.get(key, 0) + 1
+    return rows, f1_rows, len(objects)
 
 
 def _row(model: str, rec: ImageRecord, oid: int, kind: str, iou: float, clicks: int = 0) -> dict:

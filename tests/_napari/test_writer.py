@@ -14,12 +14,12 @@ from napari.components import ViewerModel  # noqa: E402
 
 from napari_sam_micro._napari.features import set_object_table  # noqa: E402
 from napari_sam_micro._napari.writer import (  # noqa: E402
+    SaveRefusedError,
     layer_table,
     write_labels_npy,
     write_labels_png,
     write_labels_tiff,
 )
-from napari_sam_micro.core.errors import UserInputError  # noqa: E402
 from napari_sam_micro.core.export import read_labels, read_table  # noqa: E402
 from napari_sam_micro.core.labels import object_row  # noqa: E402
 
@@ -92,7 +92,7 @@ def test_tiff_uses_uint32_for_large_ids(tmp_path):
     back = tifffile.imread(tmp_path / "big.tif")
     assert back.dtype == np.uint32
     np.testing.assert_array_equal(back, layer.data)
-    with pytest.raises(UserInputError, match="PNG"):
+    with pytest.raises(SaveRefusedError, match="PNG"):
         write_labels_png(str(tmp_path / "big.png"), data, meta)
     assert not (tmp_path / "big.png").exists()
 
@@ -106,7 +106,7 @@ def test_layer_without_table_writes_no_csv(tmp_path):
     assert not (tmp_path / "plain.csv").exists()
 
 
-def test_viewer_save_with_the_plugin_round_trips(tmp_path):
+def _discover_plugin():
     from npe2 import PluginManager
 
     manager = PluginManager.instance()
@@ -115,6 +115,10 @@ def test_viewer_save_with_the_plugin_round_trips(tmp_path):
         manager.get_manifest("napari-sam-micro")
     except KeyError:
         pytest.skip("the package is not installed (no napari.manifest entry point)")
+
+
+def test_viewer_save_with_the_plugin_round_trips(tmp_path):
+    _discover_plugin()
     viewer = ViewerModel()
     layer = _annotated_layer(viewer)
     viewer.layers.selection = {layer}
@@ -133,5 +137,21 @@ def test_nd_labels_export_to_tiff_but_not_png(tmp_path):
     d, meta, _ = layer.as_layer_data_tuple()
     write_labels_tiff(str(tmp_path / "stack.tif"), d, meta)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "stack.tif"), data)
-    with pytest.raises(UserInputError, match="2D"):
+    with pytest.raises(SaveRefusedError, match="2D"):
         write_labels_png(str(tmp_path / "stack.png"), d, meta)
+
+
+def test_scripted_save_of_3d_labels_as_png_tells_why(tmp_path):
+    """Issue 12.3: npe2 swallows a writer's ValueError (``[]`` + "not a valid writer"); ours reaches the user."""
+    _discover_plugin()
+    viewer = ViewerModel()
+    data = np.zeros((3, 10, 12), dtype=np.uint16)
+    data[1, 2:5, 2:6] = 4
+    layer = viewer.add_labels(data, name="vol")
+    viewer.layers.selection = {layer}
+    with pytest.raises(SaveRefusedError, match=r"Nothing was saved to .*vol\.png.*3 dimensions.*TIFF"):
+        viewer.layers.save(str(tmp_path / "vol.png"), selected=True, plugin="napari-sam-micro")
+    assert list(tmp_path.iterdir()) == []
+    # the same layer saves as TIFF
+    written = viewer.layers.save(str(tmp_path / "vol.tif"), selected=True, plugin="napari-sam-micro")
+    assert written == [str(tmp_path / "vol.tif")]

@@ -208,6 +208,30 @@ def test_overwrite_off_warns_when_nothing_would_change(qtbot, viewer, notes, dis
     assert widget.commit() == [4]
 
 
+def test_empty_mask_is_not_reported_as_lying_on_existing_labels(qtbot, viewer, notes, disk_test_model, monkeypatch):
+    """Issue 12.8: a click where the model finds nothing was reported as "lies entirely on existing labels"."""
+    from napari_sam_micro.core.model_api import DecoderOutput
+
+    viewer.add_image(_image(), name="cells")
+    widget = _widget(qtbot, viewer, model="disk-test")
+    _ready(qtbot, widget)
+    model = disk_test_model[-1]
+    real_decode = model.decode
+
+    def nothing(*args, **kwargs):  # the model finds no object: every logit negative
+        out = real_decode(*args, **kwargs)
+        return DecoderOutput(-np.abs(out.low_res_logits) - 1.0, out.iou_predictions)
+
+    monkeypatch.setattr(model, "decode", nothing)
+    _click(widget.layers.prompts, (45, 60))
+    qtbot.waitUntil(lambda: widget.session.preview is not None and not widget.is_busy(), timeout=WAIT_MS)
+    assert widget.commit() == []
+    warnings = [msg for kind, msg in notes if kind == "warning"]
+    assert any("found no object" in msg for msg in warnings), warnings
+    assert not any("existing labels" in msg for msg in warnings)
+    assert not widget.layers.output.data.any()
+
+
 def test_cancel_stops_the_embedding(qtbot, viewer, monkeypatch):
     viewer.add_image(_image(), name="cells")
     widget = _widget(qtbot, viewer, auto_embed=False)

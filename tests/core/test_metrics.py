@@ -161,3 +161,22 @@ def test_real_labels(shared_data):
     assert 0 < s["mean_matched_iou"] < 1 and s["map"] < 1
     for g, p, v in s["matches"][:5]:
         assert v == pytest.approx(mask_iou(gt == g, pred == p))
+
+
+def test_check_label_image_rejects_what_truncation_would_corrupt():
+    from napari_sam_micro.core.errors import UserInputError
+    from napari_sam_micro.core.metrics import check_label_image
+
+    assert check_label_image(np.array([[0.0, 2.0]], np.float32)).dtype == np.int64
+    assert check_label_image(np.array([[True, False]])).dtype == np.uint8
+    for bad, match in [
+        (np.array([[0.0, 1.5]]), r"gt\.tif is not a label image: .*1\.5"),
+        (np.array([[0.0, np.nan]]), "not a label image"),
+        (np.array([[0.0, np.inf]]), "not a label image"),
+        (np.array([[0, -3]]), "negative values .*-3"),
+        (np.array([["a"]]), "not a label image"),
+    ]:
+        with pytest.raises(UserInputError, match=match):
+            check_label_image(bad, "gt.tif")
+    with pytest.raises(UserInputError, match="predicted label image .*not a label image"):
+        instance_scores(np.zeros((3, 3), np.uint8), np.full((3, 3), 0.25))

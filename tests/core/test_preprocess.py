@@ -206,3 +206,41 @@ def test_real_uint16_phase_contrast(shared_data):
     hot = img.copy()
     hot[0, 0] = 65535
     np.testing.assert_allclose(normalize_image(hot)[1:, :, 0], gray[1:], atol=1e-3)
+
+
+@pytest.mark.parametrize("offset", [2**60, 2**63, 2**64 - 2000])
+def test_uint64_with_a_large_offset_keeps_its_contrast(offset):
+    """Issue 12.8: float64 holds 53 bits; near 2**60 the contrast was lost, near 2**63 the image was black."""
+    ramp = np.arange(1000, dtype=np.uint64).reshape(20, 50)
+    expected = normalize_channel(ramp)
+    out = normalize_channel(ramp + np.uint64(offset))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert len(np.unique(out)) > 900
+
+
+def test_int64_spanning_the_whole_range_is_exact():
+    data = np.array([[-(2**63), 0], [2**62, 2**63 - 1]], dtype=np.int64)
+    out = normalize_channel(data, (0.0, 100.0))
+    np.testing.assert_allclose(out, [[0.0, 0.5], [0.75, 1.0]], atol=1e-6)
+    assert data[0, 0] == -(2**63)  # the caller's array is not changed
+
+
+@pytest.mark.parametrize("axis", [3, -4, 10])
+def test_plane_from_nd_rejects_a_channel_axis_that_does_not_exist(axis):
+    """Issue 12.8: ``channel_axis % ndim`` wrapped 3 to 0 and segmented the wrong axis as channels."""
+    data = np.zeros((2, 8, 9), np.uint8)
+    with pytest.raises(ImageError, match=f"Channel axis {axis} does not exist.*3 axes"):
+        plane_from_nd(data, (), channel_axis=axis)
+    assert plane_from_nd(data, (), channel_axis=-3).shape == (8, 9, 2)
+
+
+def test_prompt_window_rejects_prompts_off_the_image():
+    from napari_sam_micro.core.errors import PromptError
+
+    with pytest.raises(PromptError, match="outside the image"):
+        prompt_window(np.array([[5000.0, 10.0]]), (100, 200))
+    with pytest.raises(PromptError, match="completely outside"):
+        prompt_window([300, 10, 320, 30], (100, 200))
+    with pytest.raises(PromptError, match="NaN"):
+        prompt_window(np.array([[np.nan, 10.0]]), (100, 200))
+    assert prompt_window([190, 90, 230, 130], (100, 200), min_size=16)  # partly outside is fine (training jitter)

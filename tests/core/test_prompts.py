@@ -145,3 +145,22 @@ def test_prompts_from_napari_combines():
     np.testing.assert_allclose(p.points_xy, [[20, 10]])
     np.testing.assert_allclose(p.boxes_xyxy, [[0, 0, 50, 50]])
     assert prompts_from_napari(None, None, None, HW).is_empty
+
+
+def test_prompts_reject_nan_coordinates_with_a_message():
+    """Issue 12.8: a NaN point reached the model and failed with a bare ValueError."""
+    with pytest.raises(PromptError, match="NaN"):
+        Prompts(points_xy=[[np.nan, 3.0]], point_labels=[1])
+    with pytest.raises(PromptError, match="NaN"):
+        Prompts(boxes_xyxy=[[0.0, 0.0, np.inf, 4.0]])
+
+
+def test_prompts_check_inside():
+    from napari_sam_micro.core.prompts import check_inside
+
+    Prompts(points_xy=[[-0.5, 99.5]], point_labels=[1]).check_inside((100, 50))
+    with pytest.raises(PromptError, match=r"\(row 3, column 5000\) is outside the image, which is 50 × 100"):
+        Prompts(points_xy=[[5000.0, 3.0]], point_labels=[1]).check_inside((100, 50))
+    with pytest.raises(PromptError, match="Box 2 .* completely outside"):
+        check_inside((100, 50), boxes_xyxy=[[0, 0, 10, 10], [60, 0, 70, 10]])
+    check_inside((100, 50), boxes_xyxy=[[40, 90, 70, 120]])  # partly on the image

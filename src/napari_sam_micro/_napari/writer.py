@@ -7,6 +7,12 @@ napari calls these with ``(path, data, meta)`` when a Labels layer is saved with
 written as ``<path stem>.csv`` beside the image by :func:`napari_sam_micro.core.export.write_labels`,
 which also chooses the integer type (TIFF ``uint16``, or ``uint32`` when ids exceed 65535,
 compressed), writes atomically (never a half-written file) and refuses PNG for non-2D labels.
+
+A refusal is raised as :class:`SaveRefusedError`, which is **not** a ``ValueError``: npe2 treats a
+writer's ``ValueError`` as "this writer does not apply", so a scripted
+``viewer.layers.save(..., plugin="napari-sam-micro")`` would return ``[]`` with only a vague
+warning and the user would never learn why nothing was saved. Other exceptions reach the caller
+(a script sees the message; *File → Save* shows it as a napari notification).
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import numpy as np
 
 from .features import frame_to_table, table_to_frame
 
-__all__ = ["write_labels_tiff", "write_labels_png", "write_labels_npy", "layer_table"]
+__all__ = ["SaveRefusedError", "write_labels_tiff", "write_labels_png", "write_labels_npy", "layer_table"]
+
+
+class SaveRefusedError(OSError):
+    """The labels cannot be saved as asked (e.g. 3D labels as PNG); ``str(err)`` says why and what to do.
+
+    An ``OSError`` like napari's own "save failed" error, and deliberately not a ``ValueError``
+    (which npe2 silently swallows, see the module docstring).
+    """
 
 
 def layer_table(meta: dict) -> dict[str, np.ndarray] | None:
@@ -40,12 +54,16 @@ def _labels_array(data: Any) -> np.ndarray:
 
 
 def _write(path: str, data: Any, meta: dict, suffixes: tuple[str, ...]) -> list[str]:
+    from ..core.errors import UserInputError
     from ..core.export import write_labels
 
     target = Path(path)
     if target.suffix.lower() not in suffixes:
         target = target.with_name(target.name + suffixes[0])
-    written = write_labels(target, _labels_array(data), table=layer_table(meta))
+    try:
+        written = write_labels(target, _labels_array(data), table=layer_table(meta))
+    except UserInputError as err:
+        raise SaveRefusedError(f"Nothing was saved to {target}: {err}") from err
     if written is None:
         written = [target]
     elif isinstance(written, (str, Path)):

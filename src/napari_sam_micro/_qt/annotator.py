@@ -768,10 +768,16 @@ class AnnotatorWidget(QWidget):
                 output.data, overwrite=self.overwrite_check.isChecked(), leading=index, prediction=prediction
             )
             if not items:
-                show_warning(
-                    "The mask lies entirely on existing labels, so nothing was added. "
-                    "Tick 'Overwrite existing labels' to replace them."
-                )
+                if not any(obj is not None and obj.mask.any() for obj in prediction.objects):
+                    show_warning(
+                        "The model found no object at these prompts (the mask is empty), so nothing was "
+                        "added. Click nearer the object's centre or draw a box around it."
+                    )
+                else:
+                    show_warning(
+                        "The mask lies entirely on existing labels, so nothing was added. "
+                        "Tick 'Overwrite existing labels' to replace them."
+                    )
                 return []
             ids = commit_items(output, items)
         except UserInputError as err:

@@ -3,7 +3,9 @@
 Every write is atomic: data goes to a temporary file in the destination folder, which replaces
 the destination with ``os.replace`` only once it is complete. If anything fails (including
 Ctrl+C) the temporary files are removed and any earlier file is left untouched, so a crash never
-leaves a half-written or lost annotation.
+leaves a half-written or lost annotation. A label image and its table are atomic as a pair: both
+temporary files are complete before either replaces anything, and if replacing the second fails
+the first is restored from a backup (a hard link, or a copy), so ids and table always agree.
 
 Formats (chosen from the suffix)
 --------------------------------
@@ -22,6 +24,7 @@ import csv
 import io
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,7 +33,15 @@ import numpy as np
 
 from .errors import UserInputError
 
-__all__ = ["SUFFIXES", "write_labels", "read_labels", "read_table", "write_table", "table_path"]
+__all__ = [
+    "SUFFIXES",
+    "write_labels",
+    "read_labels",
+    "read_table",
+    "write_table",
+    "write_text_atomic",
+    "table_path",
+]
 
 #: Suffixes :func:`write_labels` understands.
 SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -124,17 +135,80 @@ def _atomic_write(path: Path, write: Callable) -> None:
     _commit([(_write_temp(path, write), path)])
 
 
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: the old file stays whole until the new one is.
+
+    Raises
+    ------
+    OSError
+        The folder is missing or not writable, the disk is full …
+    """
+    path = Path(path)
+    data = text.encode("utf-8")
+    _atomic_write(path, lambda fh: fh.write(data))
+    return path
+
+
+def _backup(dest: Path) -> str | None:
+    """A copy of ``dest`` next to it (hard link when possible), or None when ``dest`` does not exist."""
+    if not dest.exists():
+        return None
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".bak", dir=dest.parent)
+    os.close(fd)
+    os.unlink(name)
+    try:
+        os.link(dest, name)  # no copy of the data; the old file keeps its inode
+    except OSError:
+        try:
+            shutil.copy2(dest, name)  # file systems without hard links (FAT, some network shares)
+        except BaseException:
+            _remove(name)  # a partial copy (disk full) must not be left behind
+            raise
+    return name
+
+
 def _commit(pairs: list[tuple[str, Path]]) -> None:
-    """``os.replace`` every temporary file onto its destination; on failure remove what is left."""
+    """``os.replace`` every temporary file onto its destination, all or none.
+
+    Every destination but the last is backed up first; if a later replace fails, the ones
+    already replaced are restored (or removed when they did not exist), so the files of a set
+    (a label image and its table) always belong together. Temporary files and backups are
+    removed in every case, except a backup that could not be restored (named in the error).
+    """
+    backups: list[str | None] = []
     done = 0
     try:
+        for _, dest in pairs[:-1]:
+            backups.append(_backup(dest))
         for tmp, dest in pairs:
             os.replace(tmp, dest)
             done += 1
-    except BaseException:
+    except BaseException as err:
         for tmp, _ in pairs[done:]:
             _remove(tmp)
+        _roll_back(pairs[:done], backups, err)
+        for name in backups[done:]:
+            if name is not None:
+                _remove(name)
         raise
+    for name in backups:
+        if name is not None:
+            _remove(name)
+
+
+def _roll_back(replaced: list[tuple[str, Path]], backups: list[str | None], err: BaseException) -> None:
+    """Put back the old files of ``replaced`` (the destinations already replaced)."""
+    for (_, dest), backup in zip(replaced, backups):
+        try:
+            if backup is None:
+                os.unlink(dest)
+            else:
+                os.replace(backup, dest)
+        except OSError as restore_err:
+            where = f"; the previous version is kept as {backup}" if backup is not None else ""
+            raise OSError(
+                f"Saving failed ({err}) and {dest} could not be put back as it was ({restore_err}){where}."
+            ) from err
 
 
 def _table_columns(table) -> dict[str, list]:
@@ -215,7 +289,8 @@ def write_labels(path, labels, table=None) -> list[Path]:
     if table is not None:
         csv_bytes = _csv_text(_table_columns(table)).encode("utf-8")
     writer = _WRITERS[suffix]
-    # Both files are complete on disk before either replaces an old one.
+    # Both files are complete on disk before either replaces an old one; _commit rolls back the
+    # image if the table cannot replace its old version.
     pairs = [(_write_temp(path, lambda fh: writer(fh, arr)), path)]
     if csv_bytes is not None:
         csv_path = table_path(path)
@@ -229,20 +304,40 @@ def write_labels(path, labels, table=None) -> list[Path]:
 
 
 def read_labels(path) -> np.ndarray:
-    """Read a label image written by :func:`write_labels` (format from the suffix)."""
+    """Read a label image written by :func:`write_labels` (format from the suffix).
+
+    Raises
+    ------
+    UserInputError
+        Unknown suffix, missing file, or a file that cannot be decoded (damaged, not an image);
+        the message names the file.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UserInputError(f"Cannot read labels from '{path}': use one of {', '.join(SUFFIXES)}.")
+    if not path.is_file():
+        raise UserInputError(f"The file {path} does not exist.")
+    try:
+        return _read(path, suffix)
+    except (OSError, MemoryError) as err:
+        raise UserInputError(f"Cannot read {path}: {err}.") from err
+    except Exception as err:  # decoders raise many types for a damaged file (struct, zlib, ValueError …)
+        raise UserInputError(
+            f"Cannot read {path}: the file is damaged or not a {suffix} image ({type(err).__name__}: {err})."
+        ) from err
+
+
+def _read(path: Path, suffix: str) -> np.ndarray:
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        return tifffile.imread(path)
+        return np.asarray(tifffile.imread(path))
     if suffix == ".png":
         import imageio.v3 as iio
 
-        return iio.imread(path, extension=".png")
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    raise UserInputError(f"Cannot read labels from '{suffix or path.name}': use one of {', '.join(SUFFIXES)}.")
+        return np.asarray(iio.imread(path, extension=".png"))
+    return np.load(path, allow_pickle=False)
 
 
 def _parse_column(values: list[str]) -> np.ndarray:

@@ -23,8 +23,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .errors import UserInputError
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "check_label_image",
     "iou_matrix",
     "match_instances",
     "instance_scores",
@@ -35,16 +38,46 @@ __all__ = [
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
-def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
+def check_label_image(labels, name: str = "The label image") -> np.ndarray:
+    """Validate a label image and return it as integers (bool → ``uint8``, whole floats → ``int64``).
+
+    Parameters
+    ----------
+    labels : array-like
+        Any shape; 0 = background, objects = positive whole numbers.
+    name : str
+        How the message names the image (e.g. its file path).
+
+    Returns
+    -------
+    np.ndarray
+        Integer array of the same shape (the input itself when it is already integer).
+
+    Raises
+    ------
+    UserInputError
+        Non-numeric data, fractional / NaN / infinite values (truncating them would silently
+        merge or drop objects), or negative ids.
+    """
     labels = np.asarray(labels)
     if labels.dtype == bool:
         return labels.astype(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
-            return labels.astype(np.int64)
-        raise ValueError(f"{name} must be an integer label image, got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.floating):
+        bad = ~np.isfinite(labels) | (np.mod(labels, 1) != 0)
+        if bad.any():
+            example = labels[bad].flat[0].item()
+            raise UserInputError(
+                f"{name} is not a label image: it holds values that are not whole numbers "
+                f"(e.g. {example!r}). Label images have 0 for background and one whole number per object; "
+                "is this the intensity image or a probability map?"
+            )
+        labels = labels.astype(np.int64)
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise UserInputError(f"{name} is not a label image (its data are of type {labels.dtype}).")
     if labels.size and labels.min() < 0:
-        raise ValueError(f"{name} has negative label ids")
+        raise UserInputError(
+            f"{name} has negative values (down to {labels.min()}); label ids must be 0 (background) or positive."
+        )
     return labels
 
 
@@ -98,8 +131,8 @@ def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray
     iou : (G, P) float64
         ``iou[i, j]`` = IoU of ``gt_ids[i]`` and ``pred_ids[j]`` (0 where they do not overlap).
     """
-    gt = _check_labels("gt", gt)
-    pred = _check_labels("pred", pred)
+    gt = check_label_image(gt, "The ground-truth label image")
+    pred = check_label_image(pred, "The predicted label image")
     if gt.shape != pred.shape:
         raise ValueError(f"gt and pred must have the same shape, got {gt.shape} and {pred.shape}")
     gt_ids, gi, gt_area = _relabel(gt)

@@ -15,6 +15,8 @@ Rules
   1 channel → grey (replicated), 2 channels → ``(c0, c1, (c0 + c1) / 2)`` (the mean keeps
   structures of either channel visible in every SAM input channel), 3 channels → RGB. More than
   three channels without a choice raises :class:`ImageError` asking the user to pick.
+* **64-bit integers** are shifted to start at 0 (exactly, in integer arithmetic) before the
+  stretch, so a large offset (e.g. ``uint64`` values near 2**63) keeps its contrast.
 * **Speed**: for planes larger than :data:`PERCENTILE_MAX_SAMPLES` pixels the percentiles are
   computed on a regular strided subsample (every ``s``-th row and column, ``s`` chosen so that
   about that many pixels are used); the normalisation itself is applied to every pixel.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ImageError
+from .prompts import check_inside
 
 __all__ = [
     "PreprocessConfig",
@@ -94,6 +97,20 @@ def _sample(channel: np.ndarray) -> np.ndarray:
     return channel[::step, ::step]
 
 
+def _offset_to_zero(channel: np.ndarray) -> np.ndarray:
+    """64-bit integers minus their minimum, as ``uint64`` (exact, no overflow).
+
+    float64 holds 53 bits: near 2**60 neighbouring values collapse (contrast lost) and
+    ``uint64`` values near 2**63 all round to one number (a black image). The differences to
+    the minimum are small in real data, so they convert to float64 exactly.
+    """
+    low = np.asarray(channel.min()).astype(np.uint64)
+    # modular uint64 arithmetic gives the exact difference for int64 too (max - min < 2**64)
+    out = channel.astype(np.uint64)  # a copy: the caller's array is left alone
+    out -= low
+    return out
+
+
 def normalize_channel(channel: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
     """Percentile-stretch one 2D channel to ``float32`` in ``[0, 1]`` (rules in the module docstring).
 
@@ -113,6 +130,8 @@ def normalize_channel(channel: np.ndarray, percentiles: tuple[float, float] = (1
     if not (np.issubdtype(channel.dtype, np.integer) or np.issubdtype(channel.dtype, np.floating)):
         raise ImageError(f"Images of type {channel.dtype} cannot be segmented; convert to a number type.")
     is_float = np.issubdtype(channel.dtype, np.floating)
+    if channel.dtype.itemsize == 8 and not is_float:
+        channel = _offset_to_zero(channel)
     sample = _sample(channel)
     if is_float:
         finite_sample = sample[np.isfinite(sample)]
@@ -240,7 +259,12 @@ def plane_from_nd(data, index=(), rgb: bool = False, channel_axis: int | None = 
     ndim = len(data.shape)
     axes = list(range(ndim))
     if channel_axis is not None:
-        channel_axis = channel_axis % ndim
+        if not -ndim <= int(channel_axis) < ndim:
+            raise ImageError(
+                f"Channel axis {channel_axis} does not exist: the image (shape {tuple(data.shape)}) has "
+                f"{ndim} axes (0–{ndim - 1}, or -1 for the last)."
+            )
+        channel_axis = int(channel_axis) % ndim
         axes.remove(channel_axis)
     if rgb:
         axes.remove(ndim - 1)
@@ -283,15 +307,23 @@ def prompt_window(prompt, image_hw, scale: float = 2.0, min_size: int = 64) -> t
     (y0, y1, x0, x1) : int
         Half-open window ``image[y0:y1, x0:x1]`` centred on the prompt, shifted (not shrunk) to
         stay inside the image, and never larger than the image.
+
+    Raises
+    ------
+    PromptError
+        A point off the image, a box completely off it, or a NaN coordinate: a window shifted
+        onto the image would give a confident mask of whatever lies there.
     """
     h, w = int(image_hw[0]), int(image_hw[1])
     p = np.asarray(prompt, dtype=np.float64)
     if p.shape == (4,):
+        check_inside((h, w), boxes_xyxy=p)
         x0, y0, x1, y1 = p
     else:
         p = p.reshape(-1, 2)
         if p.shape[0] == 0:
             raise ValueError("prompt_window needs a box or at least one point")
+        check_inside((h, w), points_xy=p)
         x0, y0 = p.min(axis=0)
         x1, y1 = p.max(axis=0)
     side = max(float(min_size), scale * max(x1 - x0, y1 - y0))

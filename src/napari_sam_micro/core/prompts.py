@@ -32,6 +32,7 @@ __all__ = [
     "prompts_from_napari",
     "object_prompts",
     "batch_boxes",
+    "check_inside",
 ]
 
 PromptKind = Literal["points", "box", "box+points"]
@@ -65,6 +66,12 @@ class Prompts:
         1 = positive (object), 0 = negative (background).
     boxes_xyxy : (K, 4) float32
         Boxes ``(x0, y0, x1, y1)`` with ``x0 <= x1``, ``y0 <= y1``.
+
+    Raises
+    ------
+    PromptError
+        A NaN or infinite coordinate. Whether the prompts lie on the image is checked by
+        :meth:`check_inside` (a ``Prompts`` does not know the image size).
     """
 
     points_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
@@ -78,6 +85,10 @@ class Prompts:
         boxes = np.array(self.boxes_xyxy, dtype=np.float32).reshape(-1, 4)
         if pts.shape[0] != lab.shape[0]:
             raise ValueError(f"{pts.shape[0]} points but {lab.shape[0]} point labels")
+        if not np.isfinite(pts).all():
+            raise PromptError("A point has no valid position (NaN coordinate). Delete it and click again.")
+        if not np.isfinite(boxes).all():
+            raise PromptError("A box has a missing (NaN) corner. Delete it and draw it again.")
         if lab.size and not np.isin(lab, (0, 1)).all():
             raise ValueError("point labels must be 1 (positive) or 0 (negative)")
         for arr in (pts, lab, boxes):
@@ -97,6 +108,57 @@ class Prompts:
     @property
     def is_empty(self) -> bool:
         return self.n_points == 0 and self.n_boxes == 0
+
+    def check_inside(self, image_hw) -> None:
+        """Raise :class:`PromptError` unless every point and box lies on the ``(H, W)`` image.
+
+        See :func:`check_inside`.
+        """
+        check_inside(image_hw, self.points_xy, self.boxes_xyxy)
+
+
+def _point_outside(r: float, c: float, hw: tuple[int, int]) -> bool:
+    return not (-0.5 <= r <= hw[0] - 0.5 and -0.5 <= c <= hw[1] - 0.5)
+
+
+def _outside_message(r: float, c: float, hw: tuple[int, int]) -> str:
+    return (
+        f"The point at (row {_fmt(r)}, column {_fmt(c)}) is outside the image, which is "
+        f"{_size_text(hw)}. Move or delete that point."
+    )
+
+
+def check_inside(image_hw, points_xy=None, boxes_xyxy=None) -> None:
+    """Reject prompts that do not lie on the image (a model would still return a confident mask).
+
+    Parameters
+    ----------
+    image_hw : (int, int)
+        ``(H, W)`` of the plane.
+    points_xy : (N, 2) array-like, optional
+        SAM ``(x, y)`` points; each must be within half a pixel of the image.
+    boxes_xyxy : (K, 4) array-like, optional
+        SAM ``(x0, y0, x1, y1)`` boxes; each must overlap the image.
+
+    Raises
+    ------
+    PromptError
+        A NaN coordinate, a point outside the image or a box completely outside it.
+    """
+    hw = _check_hw(image_hw)
+    pts = np.zeros((0, 2)) if points_xy is None else np.asarray(points_xy, np.float64).reshape(-1, 2)
+    boxes = np.zeros((0, 4)) if boxes_xyxy is None else np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    if not (np.isfinite(pts).all() and np.isfinite(boxes).all()):
+        raise PromptError("A prompt has no valid position (NaN coordinate). Delete it and draw it again.")
+    for x, y in pts:
+        if _point_outside(y, x, hw):
+            raise PromptError(_outside_message(y, x, hw))
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        if max(x0, x1) < -0.5 or max(y0, y1) < -0.5 or min(x0, x1) > hw[1] - 0.5 or min(y0, y1) > hw[0] - 0.5:
+            raise PromptError(
+                f"Box {k + 1} (rows {_fmt(y0)}–{_fmt(y1)}, columns {_fmt(x0)}–{_fmt(x1)}) is completely "
+                f"outside the image, which is {_size_text(hw)}. Move or delete that box."
+            )
 
 
 @dataclass(frozen=True)
@@ -188,11 +250,8 @@ def points_from_napari(data_rc, labels, image_hw) -> tuple[np.ndarray, np.ndarra
     for r, c in rc:
         if not (np.isfinite(r) and np.isfinite(c)):
             raise PromptError("A point has no valid position (NaN coordinate). Delete it and click again.")
-        if not (-0.5 <= r <= h - 0.5 and -0.5 <= c <= w - 0.5):
-            raise PromptError(
-                f"The point at (row {_fmt(r)}, column {_fmt(c)}) is outside the image, which is "
-                f"{_size_text((h, w))}. Move or delete that point."
-            )
+        if _point_outside(r, c, (h, w)):
+            raise PromptError(_outside_message(r, c, (h, w)))
     xy = np.empty_like(rc)
     xy[:, 0] = np.clip(rc[:, 1], 0, w - 1)
     xy[:, 1] = np.clip(rc[:, 0], 0, h - 1)
