@@ -688,6 +688,7 @@ class AnnotationSession:
         """
         if self._plane is None:
             raise PromptError("Choose an image before adding prompts.")
+        prompts.check_inside(self.image_hw)
         objects = object_prompts(prompts)
         previous = self._refinable_previous(objects, prompts)
         results = decode_prompts(self.decode_context(), objects, previous)

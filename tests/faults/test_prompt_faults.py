@@ -44,10 +44,6 @@ def test_nan_point_is_a_prompt_error(disk_model):
         session.predict(Prompts(points_xy=[[np.nan, 10.0]], point_labels=[1]))
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "whole-image models (SAM ViT, crop_to_prompt=False) compute no window; session.predict must call "
-    "prompts.check_inside(self.image_hw) - left to the session.py refactor"
-))
 def test_point_outside_is_refused_on_whole_image_models(disk_model):
     session = _session(disk_model(radius=5), crop_to_prompt=False)
     drain(session.embedding_job())
