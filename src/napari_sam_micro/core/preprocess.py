@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import ImageError
 from .prompts import check_inside
+from .windows import square_window
 
 __all__ = [
     "PreprocessConfig",
@@ -327,14 +328,4 @@ def prompt_window(prompt, image_hw, scale: float = 2.0, min_size: int = 64) -> t
         x0, y0 = p.min(axis=0)
         x1, y1 = p.max(axis=0)
     side = max(float(min_size), scale * max(x1 - x0, y1 - y0))
-    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
-
-    def span(center: float, size: int) -> tuple[int, int]:
-        length = int(min(size, math.ceil(side)))
-        start = int(math.floor(center + 0.5 - length / 2.0))
-        start = min(max(start, 0), size - length)
-        return start, start + length
-
-    ya, yb = span(cy, h)
-    xa, xb = span(cx, w)
-    return ya, yb, xa, xb
+    return square_window((x0 + x1) / 2.0, (y0 + y1) / 2.0, side, (h, w))
