@@ -231,7 +231,7 @@ def random_spec(random_net):
 def test_load_model_uses_onnxruntime_on_cpu(random_spec, ort_adapter, onnx_folder, monkeypatch):
     monkeypatch.delenv(registry.RUNTIME_ENV, raising=False)
     model = load_model(random_spec.name, device="cpu")  # reuses the module's export (same weights, same id)
-    assert model.runtime == "onnxruntime" and model.encode_batch_size > 1
+    assert model.runtime == "onnxruntime" and model._ort is not None
     assert load_model(random_spec.name, device="cpu", runtime="torch").runtime == "torch"
     monkeypatch.setenv(registry.RUNTIME_ENV, "torch")
     assert load_model(random_spec.name, device="cpu").runtime == "torch"
@@ -246,6 +246,6 @@ def test_failed_export_falls_back_to_torch(random_spec, tmp_path, monkeypatch, c
     monkeypatch.setattr(onnx_encoder, "export_encoder", broken)
     with caplog.at_level(logging.WARNING, logger=registry.__name__):
         model = load_model(random_spec.name, device="cpu", runtime="auto")
-    assert model.runtime == "torch" and model.encode_batch_size == 1
+    assert model.runtime == "torch" and model._ort is None
     assert "exporter exploded" in caplog.text
     assert model.encode(_images()[0]).features.shape == (1, 256, 64, 64)

@@ -53,7 +53,7 @@ class SamFamilyAdapter:
         self._features_cache: tuple[int, torch.Tensor] | None = None
         #: What runs the image encoder: ``"torch"`` here; LiteMedSAM may switch to ``"onnxruntime"``.
         self.runtime = "torch"
-        #: Windows per image-encoder call in :meth:`encode_batch` (1: batching does not pay off in torch).
+        #: Images per image-encoder call in :meth:`encode_batch` (subclasses set what they measured).
         self.encode_batch_size = 1
 
     # -- encoder -------------------------------------------------------------------------
