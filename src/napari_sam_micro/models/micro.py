@@ -52,7 +52,7 @@ def tunes_image_encoder(path: Path = WEIGHTS_PATH) -> bool:
         return True
 
 
-def build_micro(checkpoint: Path | None = None, device: str = "cpu"):
+def build_micro(checkpoint: Path | None = None, device: str = "cpu", runtime: str = "torch"):
     """Build ``micro-tiny`` as a :class:`~napari_sam_micro.models.litemedsam.LiteMedSamAdapter`.
 
     Parameters
@@ -62,6 +62,9 @@ def build_micro(checkpoint: Path | None = None, device: str = "cpu"):
         (not checksummed: a user's own fine-tune); default: the shipped, checksum-verified file.
     device : str
         Torch device.
+    runtime : {"torch", "onnxruntime"}
+        What runs the image encoder (:meth:`~napari_sam_micro.models.litemedsam.LiteMedSamAdapter.set_runtime`;
+        the registry's :func:`~napari_sam_micro.models.registry.load_model` picks it by itself).
 
     Raises
     ------
@@ -94,7 +97,15 @@ def build_micro(checkpoint: Path | None = None, device: str = "cpu"):
             f"{path} does not contain micro-tiny weights (a LiteMedSAM prompt encoder + mask decoder .npz): "
             f"{str(err).splitlines()[0] if str(err) else err!r}"
         ) from err
-    return LiteMedSamAdapter(net, name=MICRO_NAME, device=device, autocast_dtype=autocast_dtype(device))
+    adapter = LiteMedSamAdapter(net, name=MICRO_NAME, device=device, autocast_dtype=autocast_dtype(device))
+    if runtime != "torch":
+        adapter.set_runtime(runtime, encoder_id=_encoder_id())
+    return adapter
+
+
+def _encoder_id() -> str:
+    """``ModelSpec.encoder_id`` of micro-tiny."""
+    return f"{MICRO_NAME}@{WEIGHTS_SHA256[:16]}" if tunes_image_encoder() else LITEMEDSAM_ENCODER_ID
 
 
 def _build(checkpoint: Path | None, device: str):
@@ -115,7 +126,7 @@ if weights_available():
             builder=_build,
             # embeddings equal LiteMedSAM's (shared in caches) unless the image encoder is tuned; then
             # they belong to these weights (a disk cache must not serve an older release's)
-            encoder_id=f"{MICRO_NAME}@{WEIGHTS_SHA256[:16]}" if tunes_image_encoder() else LITEMEDSAM_ENCODER_ID,
+            encoder_id=_encoder_id(),
         ),
         replace=True,
     )

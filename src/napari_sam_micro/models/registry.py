@@ -20,6 +20,7 @@ Loaded models are memoised per viewer by :class:`ModelStore`, never process-wide
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 import warnings
@@ -39,6 +40,10 @@ __all__ = [
     "get_spec",
     "available_models",
     "default_model_name",
+    "RUNTIME_ENV",
+    "RUNTIMES",
+    "resolve_runtime",
+    "choose_runtime",
     "load_model_job",
     "load_model",
     "ModelStore",
@@ -47,6 +52,14 @@ __all__ = [
 #: ``builder(checkpoint, device) -> PromptableModel``; ``checkpoint`` is None for bundled / random weights.
 Builder = Callable[[Path | None, str], PromptableModel]
 
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable choosing the image-encoder runtime (one of :data:`RUNTIMES`) when
+#: :func:`load_model` is not told.
+RUNTIME_ENV = "NAPARI_SAM_MICRO_RUNTIME"
+#: ``"auto"``: ONNX Runtime for LiteMedSAM-family models on the CPU when it is installed, else torch.
+RUNTIMES = ("auto", "torch", "onnxruntime")
 
 #: :attr:`ModelSpec.encoder_id` of models whose image encoder is LiteMedSAM's, unchanged.
 LITEMEDSAM_ENCODER_ID = "litemedsam-encoder"
@@ -183,8 +196,65 @@ def default_model_name() -> str:
 # -- loading ---------------------------------------------------------------------------------
 
 
+def resolve_runtime(runtime: str | None = None) -> str:
+    """The runtime asked for: ``runtime``, else ``$NAPARI_SAM_MICRO_RUNTIME``, else ``"auto"``.
+
+    Raises
+    ------
+    ModelUnavailableError
+        Not one of :data:`RUNTIMES`.
+    """
+    source = "runtime" if runtime not in (None, "") else RUNTIME_ENV
+    value = runtime if runtime not in (None, "") else os.environ.get(RUNTIME_ENV, "")
+    value = str(value).strip().lower() or "auto"
+    if value not in RUNTIMES:
+        raise ModelUnavailableError(
+            f"'{value}' is not a model runtime ({source}); choose one of: {', '.join(RUNTIMES)}."
+        )
+    return value
+
+
+def _onnxruntime_installed() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_runtime(model, device: str, runtime: str | None = None) -> str:
+    """What runs ``model``'s image encoder: ``"torch"`` or ``"onnxruntime"``.
+
+    ONNX Runtime only for models that support it (LiteMedSAM family: ``supports_onnxruntime``) on
+    the CPU; CUDA / MPS and SAM ``vit_*`` stay on torch. ``"auto"`` also needs the package
+    ``onnxruntime``; a forced ``"onnxruntime"`` is tried anyway (a failure falls back to torch).
+    """
+    wanted = resolve_runtime(runtime)
+    if wanted == "torch" or not getattr(model, "supports_onnxruntime", False) or str(device) != "cpu":
+        if wanted == "onnxruntime":
+            logger.info("ONNX Runtime does not apply to %s on %s; using torch", getattr(model, "name", model), device)
+        return "torch"
+    if wanted == "auto" and not _onnxruntime_installed():
+        return "torch"
+    return "onnxruntime"
+
+
+def _apply_runtime_job(model, spec: ModelSpec, device: str, runtime: str | None) -> Generator[Progress, None, None]:
+    """Switch ``model`` to the chosen runtime; an export failure is logged and torch is kept."""
+    if choose_runtime(model, device, runtime) != "onnxruntime":
+        return
+    yield Progress(0, 1, f"Preparing {spec.display_name} for ONNX Runtime (a one-off export on first use)")
+    try:
+        model.set_runtime("onnxruntime", encoder_id=spec.embedding_id)
+    except Exception as err:  # never lose the model over the faster path
+        logger.warning("ONNX Runtime is not used for %s (%s); the image encoder runs in torch", spec.name, err)
+
+
 def load_model_job(
-    name: str, device: str | None = None, checkpoint: str | os.PathLike | None = None
+    name: str,
+    device: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    runtime: str | None = None,
 ) -> Generator[Progress, None, PromptableModel]:
     """Load a registered model, as a job.
 
@@ -196,11 +266,15 @@ def load_model_job(
         Torch device; default: the best available (:func:`~napari_sam_micro.models.device.choose_device`).
     checkpoint : path, optional
         Local checkpoint file chosen by the user; overrides the spec's download / bundled weights.
+    runtime : {"auto", "torch", "onnxruntime"}, optional
+        What runs the image encoder (:func:`choose_runtime`); default ``$NAPARI_SAM_MICRO_RUNTIME``,
+        else ``"auto"``. The model's ``runtime`` attribute says what it got.
 
     Yields
     ------
     Progress
-        Download bytes (when the checkpoint is fetched), then one step for building the model.
+        Download bytes (when the checkpoint is fetched), then one step for building the model
+        (and one for preparing ONNX Runtime when it is used).
 
     Returns
     -------
@@ -210,7 +284,8 @@ def load_model_job(
     Raises
     ------
     ModelUnavailableError
-        Unknown model, unavailable device, failed download, missing package or unreadable checkpoint.
+        Unknown model or runtime, unavailable device, failed download, missing package or
+        unreadable checkpoint.
     """
     from . import avoid_llvm_clash
     from .checkpoints import ensure_checkpoint_job
@@ -219,6 +294,7 @@ def load_model_job(
     avoid_llvm_clash()  # before torch is first imported: the viewer's OpenGL may be loaded by now
 
     spec = get_spec(name)
+    resolve_runtime(runtime)  # a bad value fails before anything is downloaded
     device = choose_device(device)
     path = yield from ensure_checkpoint_job(spec, checkpoint)
     yield Progress(0, 1, f"Loading {spec.display_name} on {device}")
@@ -236,15 +312,19 @@ def load_model_job(
         raise ModelUnavailableError(
             f"The model '{spec.display_name}' could not be loaded{where}: {str(err).splitlines()[0] if str(err) else err!r}"
         ) from err
+    yield from _apply_runtime_job(model, spec, device, runtime)
     yield Progress(1, 1, f"Loaded {spec.display_name}")
     return model
 
 
 def load_model(
-    name: str, device: str | None = None, checkpoint: str | os.PathLike | None = None
+    name: str,
+    device: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    runtime: str | None = None,
 ) -> PromptableModel:
     """:func:`load_model_job` run to its end."""
-    return drain(load_model_job(name, device=device, checkpoint=checkpoint))
+    return drain(load_model_job(name, device=device, checkpoint=checkpoint, runtime=runtime))
 
 
 class ModelStore:

@@ -51,35 +51,73 @@ class SamFamilyAdapter:
         self.device = str(device)
         self.autocast_dtype = autocast_dtype
         self._features_cache: tuple[int, torch.Tensor] | None = None
+        #: What runs the image encoder: ``"torch"`` here; LiteMedSAM may switch to ``"onnxruntime"``.
+        self.runtime = "torch"
+        #: Images per image-encoder call in :meth:`encode_batch` (subclasses set what they measured).
+        self.encode_batch_size = 1
 
     # -- encoder -------------------------------------------------------------------------
     def _encode_tensor(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Return ``(features (1, C, h, w), input_size (h, w))`` for a ``(H, W, 3)`` float image."""
         raise NotImplementedError
 
+    def _encode_tensors(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """``(features (B, C, h, w), input sizes)`` of ``B`` images in one call; default: one at a time."""
+        encoded = [self._encode_tensor(image) for image in images]
+        return torch.cat([features for features, _ in encoded]), [size for _, size in encoded]
+
     def _autocast(self):
         if self.autocast_dtype is None or self.device == "cpu":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype)
 
-    @torch.inference_mode()
     def encode(self, image: np.ndarray) -> Embedding:
         """Encode a ``(H, W, 3)`` ``float32`` image in ``[0, 1]``; see ``PromptableModel.encode``."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
-        with self._autocast():
-            features, input_size = self._encode_tensor(image)
-        features = features.float()
+        return self.encode_batch([image])[0]
+
+    @torch.inference_mode()
+    def encode_batch(self, images) -> list[Embedding]:
+        """Encode several images (e.g. windows), :attr:`encode_batch_size` per encoder call.
+
+        Parameters
+        ----------
+        images : sequence of np.ndarray
+            ``(H, W, 3)`` ``float32`` images in ``[0, 1]``; sizes may differ.
+
+        Returns
+        -------
+        list of Embedding
+            One per image, in order, each equal to :meth:`encode` of that image (features
+            ``(1, C, h, w)`` ``float32``).
+        """
+        images = [np.asarray(image) for image in images]
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+        step = max(1, int(self.encode_batch_size))
+        embeddings: list[Embedding] = []
+        last = None
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            with self._autocast():
+                features, input_sizes = self._encode_tensors(chunk)
+            features = features.float()
+            array = features.cpu().numpy()
+            for i, (image, input_size) in enumerate(zip(chunk, input_sizes)):
+                embeddings.append(
+                    Embedding(
+                        features=array[i : i + 1].copy() if len(chunk) > 1 else array,
+                        original_size=(int(image.shape[0]), int(image.shape[1])),
+                        input_size=input_size,
+                        model_name=self.name,
+                    )
+                )
+            last = features[len(chunk) - 1 :]
         self._features_cache = None
-        embedding = Embedding(
-            features=features.cpu().numpy(),
-            original_size=(int(image.shape[0]), int(image.shape[1])),
-            input_size=input_size,
-            model_name=self.name,
-        )
-        self._features_cache = (id(embedding.features), features)
-        return embedding
+        if embeddings:
+            # the last embedding is the likeliest to be decoded next: keep its tensor at hand
+            self._features_cache = (id(embeddings[-1].features), last)
+        return embeddings
 
     def _features(self, embedding: Embedding) -> torch.Tensor:
         cached = self._features_cache
