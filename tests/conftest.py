@@ -16,6 +16,17 @@ if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_onnx_folder(tmp_path_factory):
+    """Exported ONNX encoders go to a folder of the test run, never the user's cache."""
+    if "NAPARI_SAM_MICRO_ONNX_DIR" in os.environ:
+        yield
+        return
+    os.environ["NAPARI_SAM_MICRO_ONNX_DIR"] = str(tmp_path_factory.mktemp("onnx"))
+    yield
+    os.environ.pop("NAPARI_SAM_MICRO_ONNX_DIR", None)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip real-viewer tests (marker ``viewer``) when there is no screen (no DISPLAY)."""
     if os.environ.get("DISPLAY"):
