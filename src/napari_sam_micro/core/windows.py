@@ -208,18 +208,27 @@ def cover_objects(
         if assignment[i] >= 0:
             continue
         free = np.flatnonzero(assignment < 0)
-        side = max(float(min_side), COVER_FILL * scale_range[1] * sides[i])
         best, best_hits = None, None
-        for window in _placements(boxes[i], side, hw):
-            hits = free[_fits_many(boxes[free], window, hw, scale_range)]
-            if i in hits and (best_hits is None or len(hits) > len(best_hits)):
-                best, best_hits = window, hits
+        for factor in _cover_factors(scale_range):  # smallest first: ties keep the smaller window
+            side = max(float(min_side), factor * sides[i])
+            for window in _placements(boxes[i], side, hw):
+                hits = free[_fits_many(boxes[free], window, hw, scale_range)]
+                if i in hits and (best_hits is None or len(hits) > len(best_hits)):
+                    best, best_hits = window, hits
         if best is None:
             cx, cy = (boxes[i, 0] + boxes[i, 2]) / 2.0, (boxes[i, 1] + boxes[i, 3]) / 2.0
+            side = max(float(min_side), COVER_FILL * scale_range[1] * sides[i])
             best, best_hits = square_window(cx, cy, side, hw), np.array([i])
         windows.append(best)
         assignment[best_hits] = len(windows) - 1
     return windows, assignment
+
+
+def _cover_factors(scale_range) -> list[float]:
+    """Window side / opening object's side tried by :func:`cover_objects`, smallest first."""
+    lo, hi = float(scale_range[0]), float(scale_range[1])
+    start = min(max(lo, 2.4), COVER_FILL * hi)
+    return sorted({start, COVER_FILL * hi, 0.5 * (COVER_FILL * hi + hi), 0.98 * hi})
 
 
 def _placements(box: np.ndarray, side: float, hw) -> list[Window]:
