@@ -108,3 +108,21 @@ def test_loading_an_adapter_registers_the_fast_path():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["napari_sam_micro.models.automatic_fastpath", "sam_family_batch"]
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_adapter_decodes_a_batch_with_the_two_phase_decoder(tiny_model, monkeypatch, multimask):
+    """``decode`` of several prompts without mask input takes the two-phase path, with the decoder's results."""
+    image = _image()
+    embedding = tiny_model.encode(image)
+    points = np.array([[[20.0, 30.0]], [[60.0, 40.0]], [[100.0, 70.0]]], np.float32)
+    labels = np.ones((3, 1), np.int32)
+    boxes = np.array([[10, 20, 40, 50], [50, 30, 90, 60], [5, 5, 110, 90]], np.float32)
+    fast = tiny_model.decode(embedding, points, labels, boxes=boxes, multimask_output=multimask)
+    assert tiny_model._two_phase_cache[1] is not None  # the two-phase decoder was built and used
+    monkeypatch.setattr(type(tiny_model), "two_phase_decoder", lambda self, features: None)
+    plain = tiny_model.decode(embedding, points, labels, boxes=boxes, multimask_output=multimask)
+    assert fast.low_res_logits.shape == plain.low_res_logits.shape == (3, 3 if multimask else 1, 256, 256)
+    np.testing.assert_allclose(fast.iou_predictions, plain.iou_predictions, rtol=0, atol=1e-5)
+    scale = max(1.0, float(np.abs(plain.low_res_logits).max()))
+    np.testing.assert_allclose(fast.low_res_logits, plain.low_res_logits, rtol=0, atol=2e-6 * scale)

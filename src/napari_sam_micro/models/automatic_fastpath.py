@@ -19,7 +19,6 @@ import torch
 
 from ..core.automatic import BatchResult, BatchSettings, near_crop_edge, register_fast_path
 from ..core.model_api import Embedding
-from .decoder_fastpath import TwoPhaseDecoder, supports_two_phase
 from .sam_family import SamFamilyAdapter
 
 __all__ = ["sam_family_batch", "preferred_batch_size", "masks_to_boxes_torch", "box_bits_torch"]
@@ -66,13 +65,7 @@ def box_bits_torch(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def _two_phase_decoder(model: SamFamilyAdapter, embedding: Embedding):
     """The :class:`TwoPhaseDecoder` of ``embedding`` (built once per embedding, kept on the model)."""
-    features = model._features(embedding)
-    cached = getattr(model, "_two_phase_cache", None)
-    if cached is not None and cached[0] is features:
-        return cached[1]
-    decoder = TwoPhaseDecoder(model.net, features) if supports_two_phase(model.net) else None
-    model._two_phase_cache = (features, decoder)
-    return decoder
+    return model.two_phase_decoder(model._features(embedding))
 
 
 def _decode_two_phase(model: SamFamilyAdapter, embedding: Embedding, points: np.ndarray, iou_floor: float):

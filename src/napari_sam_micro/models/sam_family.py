@@ -187,6 +187,12 @@ class SamFamilyAdapter:
         if mask_input is not None:
             mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=dev)
         sparse, dense = self.net.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
+        if mask_t is None and sparse.shape[0] > 1:
+            # many prompts on one embedding (boxes of a window, seeds of everything mode): the
+            # two-phase decoder computes the image-side projections once instead of per prompt
+            two_phase = self.two_phase_decoder(features)
+            if two_phase is not None:
+                return two_phase.decode(sparse, multimask_output)
         low_res, iou = self.net.mask_decoder(
             image_embeddings=features,
             image_pe=self.net.prompt_encoder.get_dense_pe(),
@@ -195,6 +201,21 @@ class SamFamilyAdapter:
             multimask_output=multimask_output,
         )
         return low_res, iou
+
+    def two_phase_decoder(self, features: torch.Tensor):
+        """The :class:`~napari_sam_micro.models.decoder_fastpath.TwoPhaseDecoder` of ``features`` (one kept), or None.
+
+        None when the network does not have SAM's decoder layout. Its results equal the mask
+        decoder's up to float32 rounding (``tests/models/test_decoder_fastpath.py``).
+        """
+        from .decoder_fastpath import TwoPhaseDecoder, supports_two_phase
+
+        cached = getattr(self, "_two_phase_cache", None)
+        if cached is not None and cached[0] is features:
+            return cached[1]
+        decoder = TwoPhaseDecoder(self.net, features) if supports_two_phase(self.net) else None
+        self._two_phase_cache = (features, decoder)
+        return decoder
 
     def upscale_torch(self, low_res: torch.Tensor, input_size, original_size) -> torch.Tensor:
         """SAM's ``postprocess_masks``: bilinear to the padded input, crop, bilinear to the original size."""
