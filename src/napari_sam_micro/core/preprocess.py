@@ -36,6 +36,8 @@ __all__ = [
     "PreprocessConfig",
     "PERCENTILE_MAX_SAMPLES",
     "normalize_image",
+    "normalize_plane",
+    "to_rgb",
     "normalize_channel",
     "plane_from_nd",
     "prompt_window",
@@ -141,7 +143,9 @@ def normalize_channel(channel: np.ndarray, percentiles: tuple[float, float] = (1
             raise ImageError("The image has no valid pixel values (all NaN or infinite).")
     else:
         finite_sample = sample.ravel()
-    finite_sample = finite_sample.astype(np.float64, copy=False)
+    if is_float or finite_sample.dtype.itemsize > 4:
+        finite_sample = finite_sample.astype(np.float64, copy=False)
+    # (integers up to 32 bits: numpy interpolates them in float64 exactly as after a float64 copy)
     lo, hi = np.percentile(finite_sample, percentiles)
     if not hi > lo:
         lo, hi = float(finite_sample.min()), float(finite_sample.max())
@@ -157,7 +161,11 @@ def normalize_channel(channel: np.ndarray, percentiles: tuple[float, float] = (1
         out -= np.float32(lo)
         out *= np.float32(1.0 / (hi - lo))
     else:
-        out = ((channel.astype(np.float64) - lo) * (1.0 / (hi - lo))).astype(np.float32)
+        wide = channel.astype(np.float64)  # in place from here: one float64 copy at a time
+        wide -= lo
+        wide *= 1.0 / (hi - lo)
+        out = wide.astype(np.float32)
+        del wide
     np.clip(out, 0.0, 1.0, out=out)
     if is_float:
         out[~np.isfinite(channel)] = 0.0
@@ -171,6 +179,14 @@ def _stack3(chans: list[np.ndarray]) -> np.ndarray:
         mean = (chans[0] + chans[1]) * np.float32(0.5)
         return np.stack([chans[0], chans[1], mean], axis=2)
     return np.stack(chans[:3], axis=2)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` float32 C-contiguous: a grey ``(H, W)`` plane replicated, an ``(H, W, 3)`` one as is."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image)
 
 
 def normalize_image(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
@@ -192,6 +208,21 @@ def normalize_image(image: np.ndarray, config: PreprocessConfig | None = None) -
     ------
     ImageError
         Wrong dimensionality, no finite value, more than three channels without a choice.
+    """
+    return to_rgb(normalize_plane(image, config))
+
+
+def normalize_plane(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
+    """:func:`normalize_image` without replicating a grey result to three channels.
+
+    A third of the memory for grey planes (the session keeps this form and expands only the
+    windows it encodes, :func:`to_rgb`); ``to_rgb(normalize_plane(x, c))`` equals
+    ``normalize_image(x, c)``.
+
+    Returns
+    -------
+    (H, W) or (H, W, 3) float32
+        ``(H, W)`` for grey planes and a single chosen channel; values in ``[0, 1]``, C-contiguous.
     """
     config = config or PreprocessConfig()
     image = np.asarray(image)
@@ -215,17 +246,19 @@ def normalize_image(image: np.ndarray, config: PreprocessConfig | None = None) -
         bad = [c for c in chans if not -n <= c < n]
         if bad:
             raise ImageError(f"Channel {bad[0]} does not exist: the image has {n} channels (0–{n - 1}).")
-        out = _stack3([normalize_channel(data[..., c], pct) for c in chans])
+        normed = [normalize_channel(data[..., c], pct) for c in chans]
+        out = normed[0] if len(normed) == 1 else _stack3(normed)
     elif config.rgb:
         if image.ndim != 3 or image.shape[-1] not in (3, 4):
             raise ImageError(f"An RGB image must be (height, width, 3 or 4), got shape {image.shape}.")
         rgb = image[..., :3]
         if rgb.dtype == np.uint8:
-            out = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+            out = rgb.astype(np.float32)
+            out *= np.float32(1.0 / 255.0)
         else:
             out = _stack3([normalize_channel(rgb[..., c], pct) for c in range(3)])
     elif image.ndim == 2:
-        out = _stack3([normalize_channel(image, pct)])
+        out = normalize_channel(image, pct)
     else:
         raise ImageError(
             f"Expected a 2D image plane, got shape {image.shape}. Choose a single plane (slice), "
