@@ -90,10 +90,13 @@ __all__ = [
 #: Windows encoded together in one call by models that have ``encode_batch`` (a runtime that gains from batches).
 ENCODE_BATCH = 4
 
-#: Peak bytes per image pixel of annotating a plane (normalising it, measuring its objects' scale,
-#: a click, a commit), measured by ``benchmarks/bench_memory.py`` and rounded up; the plane itself
-#: (the user's) not counted.
+#: Peak bytes per image pixel of annotating a grey plane (normalising it, measuring its objects'
+#: scale, a click, a commit), measured by ``benchmarks/bench_memory.py`` (about 21) and rounded up;
+#: the plane itself (the user's) not counted.
 PEAK_BYTES_PER_PIXEL = 24
+
+#: The same for RGB and multichannel planes (their normalised plane keeps three channels; about 29).
+PEAK_BYTES_PER_PIXEL_COLOUR = 32
 
 #: Bytes per pixel of handing the whole plane to an encoder (the three-channel float32 copy).
 ENCODE_BYTES_PER_PIXEL = 12
@@ -114,28 +117,29 @@ def _available_memory() -> int | None:
         return None
 
 
-def check_memory(hw: Sequence[int], step: str = "normalise") -> None:
+def check_memory(hw: Sequence[int], bytes_per_pixel: float = PEAK_BYTES_PER_PIXEL) -> None:
     """Refuse a plane whose processing would not fit in the memory that is free.
+
+    Skipped when the free memory cannot be known (psutil missing).
 
     Parameters
     ----------
     hw : (int, int)
         ``(H, W)`` of the plane.
-    step : {"normalise", "encode"}
-        ``"normalise"``: the whole annotation (:data:`PEAK_BYTES_PER_PIXEL`); ``"encode"``: handing
-        the whole plane to the encoder (:data:`ENCODE_BYTES_PER_PIXEL`).
+    bytes_per_pixel : float
+        What the step needs per pixel: :data:`PEAK_BYTES_PER_PIXEL` (or ``_COLOUR``) for annotating
+        the plane, :data:`ENCODE_BYTES_PER_PIXEL` for handing it whole to an encoder.
 
     Raises
     ------
     ImageError
-        Estimated need (bytes per pixel x H x W + :data:`MEMORY_MARGIN_BYTES`) above the free memory.
+        Estimated need (``bytes_per_pixel`` x H x W + :data:`MEMORY_MARGIN_BYTES`) above the free memory.
     """
     free = _available_memory()
     if free is None:
         return
     h, w = int(hw[0]), int(hw[1])
-    per_pixel = ENCODE_BYTES_PER_PIXEL if step == "encode" else PEAK_BYTES_PER_PIXEL
-    need = per_pixel * h * w + MEMORY_MARGIN_BYTES
+    need = int(bytes_per_pixel * h * w) + MEMORY_MARGIN_BYTES
     if need <= free:
         return
     raise ImageError(
@@ -429,7 +433,8 @@ class AnnotationSession:
             return cached[1]
         if plane is None:
             raise ImageError("No image plane is set.")
-        check_memory(plane.shape[:2], "normalise")
+        grey = plane.ndim == 2 or (config.channels is not None and len(config.channels) == 1)
+        check_memory(plane.shape[:2], PEAK_BYTES_PER_PIXEL if grey else PEAK_BYTES_PER_PIXEL_COLOUR)
         image = normalize_plane(plane, config)
         with self._lock:
             if self._generation == gen:
@@ -481,7 +486,7 @@ class AnnotationSession:
     def _crop(self, window: Window | None, generation: int) -> np.ndarray:
         image = self._normalized_plane(generation)
         if window is None:
-            check_memory(image.shape[:2], "encode")
+            check_memory(image.shape[:2], ENCODE_BYTES_PER_PIXEL)
             return to_rgb(image)
         y0, y1, x0, x1 = window
         return to_rgb(image[y0:y1, x0:x1])

@@ -162,7 +162,10 @@ class ObjectPreview:
         return out
 
     def touches_window_border(self) -> bool:
-        """Whether the mask touches a side of its window that is not the plane's border (:func:`~napari_sam_micro.core.windows.reaches_border`)."""
+        """Whether the mask touches a side of its window that is not the plane's border.
+
+        :func:`~napari_sam_micro.core.windows.reaches_border` of :attr:`mask`, from the crop alone.
+        """
         if self.window is None:
             return False
         y0, y1, x0, x1 = self.window
