@@ -13,7 +13,8 @@ from napari_sam_micro import session as session_module
 from napari_sam_micro.core import seeds
 from napari_sam_micro.core.errors import ImageError
 from napari_sam_micro.core.labels import object_row
-from napari_sam_micro.core.preprocess import PreprocessConfig, normalize_image, normalize_plane, to_rgb
+from napari_sam_micro.core.object_size import click_diameter, click_neighbourhood
+from napari_sam_micro.core.preprocess import PlaneNormalizer, PreprocessConfig, normalize_image, normalize_plane, to_rgb
 from napari_sam_micro.core.progress import drain
 from napari_sam_micro.core.prompts import Prompts
 from napari_sam_micro.session import PEAK_BYTES_PER_PIXEL, AnnotationSession
@@ -46,6 +47,35 @@ def test_normalize_plane_is_normalize_image_without_the_grey_copies(shape, confi
     grey = len(shape) == 2 or (config.channels is not None and len(config.channels) == 1)
     assert compact.shape == (shape[:2] if grey else (*shape[:2], 3)) and compact.dtype == np.float32
     np.testing.assert_array_equal(to_rgb(compact), normalize_image(image, config))
+
+
+@pytest.mark.parametrize(
+    "image, config",
+    [
+        (np.random.default_rng(6).integers(0, 4000, (70, 90)).astype(np.uint16), None),
+        (np.random.default_rng(6).normal(0, 1, (70, 90)).astype(np.float32), None),
+        (np.random.default_rng(6).integers(0, 1000, (70, 90)).astype(np.int64) + 2**60, None),
+        (np.random.default_rng(6).integers(0, 1000, (70, 90)).astype(np.uint64) + np.uint64(2**63), None),
+        (np.random.default_rng(6).integers(0, 256, (70, 90, 4)).astype(np.uint8), PreprocessConfig(rgb=True)),
+        (np.random.default_rng(6).integers(0, 9, (70, 90, 2)).astype(np.int32), PreprocessConfig(channel_axis=-1)),
+    ],
+)
+def test_a_window_normalised_on_its_own_equals_the_crop_of_the_normalised_plane(image, config):
+    if image.dtype == np.float32:
+        image[3, 4] = np.nan
+    normalizer = PlaneNormalizer(image, config)
+    whole = normalize_plane(image, config)
+    for window in [(0, 70, 0, 90), (10, 30, 5, 60), (69, 70, 0, 1)]:
+        y0, y1, x0, x1 = window
+        np.testing.assert_array_equal(normalizer.crop(window), whole[y0:y1, x0:x1])
+
+
+def test_click_diameter_on_its_neighbourhood_equals_the_whole_plane():
+    image = normalize_plane(_nuclei(512, spacing=96, radius=20))
+    for r, c in [(48, 48), (240, 240), (0, 511), (300, 10)]:
+        y0, y1, x0, x1 = click_neighbourhood(image.shape, r, c)
+        assert (y1 - y0) * (x1 - x0) < image.size
+        assert click_diameter(image[y0:y1, x0:x1], r - y0, c - x0) == click_diameter(image, r, c)
 
 
 def test_integer_percentiles_without_a_float64_copy_are_unchanged():
@@ -158,9 +188,10 @@ def test_a_click_on_a_large_plane_stays_within_the_guards_estimate(disk_model):
     finally:
         tracemalloc.stop()
     assert pred.objects[0].mask[544, 544]
-    # the guard's per-pixel figure is an upper bound; the normalised grey plane (4 B/px) is what stays
+    # the guard's per-pixel figure is an upper bound; no whole-plane array stays afterwards (windows
+    # are normalised on their own, previews keep their window's crop)
     assert peak < PEAK_BYTES_PER_PIXEL * plane.size
-    assert held < 6 * plane.size
+    assert held < 1 * plane.size
 
 
 # -- the free-memory guard ------------------------------------------------------------------------
@@ -191,10 +222,10 @@ def test_the_guard_reads_psutil_and_is_skipped_without_it(monkeypatch):
 def test_a_whole_plane_encoder_is_refused_before_the_three_channel_copy(monkeypatch, tiny_model):
     s = AnnotationSession(tiny_model, crop_to_prompt=False)
     s.set_image(np.zeros((2048, 2048), np.uint16))
-    need = session_module.PEAK_BYTES_PER_PIXEL * 2048 * 2048 + session_module.MEMORY_MARGIN_BYTES
-    # enough to normalise, then nearly all of it gone before the encoder's copy
-    free = iter([need, session_module.MEMORY_MARGIN_BYTES])
-    monkeypatch.setattr(session_module, "_available_memory", lambda: next(free))
+    need = session_module.ENCODE_BYTES_PER_PIXEL * 2048 * 2048 + session_module.MEMORY_MARGIN_BYTES
+    monkeypatch.setattr(session_module, "_available_memory", lambda: need - 1)
     with pytest.raises(ImageError, match="2048 × 2048"):
         s.compute_embedding()
     assert s.embedding is None
+    monkeypatch.setattr(session_module, "_available_memory", lambda: need)
+    assert s.compute_embedding().original_size == (2048, 2048)

@@ -64,8 +64,8 @@ from .core.decoding import (
 from .core.errors import ImageError, PromptError, UserInputError
 from .core.labels import next_free_id, object_row
 from .core.model_api import Embedding, PromptableModel
-from .core.object_size import click_diameter, object_polarity, typical_diameter
-from .core.preprocess import PreprocessConfig, normalize_plane, to_rgb
+from .core.object_size import click_diameter, click_neighbourhood, object_polarity, typical_diameter
+from .core.preprocess import PlaneNormalizer, PreprocessConfig, to_rgb
 from .core.progress import Job, Progress, drain
 from .core.prompts import Prompts, object_prompts
 from .core.seeded import SeededSegmentation, seeded_segmentation_job, with_embeddings
@@ -98,8 +98,8 @@ PEAK_BYTES_PER_PIXEL = 24
 #: The same for RGB and multichannel planes (their normalised plane keeps three channels; about 29).
 PEAK_BYTES_PER_PIXEL_COLOUR = 32
 
-#: Bytes per pixel of handing the whole plane to an encoder (the three-channel float32 copy).
-ENCODE_BYTES_PER_PIXEL = 12
+#: Bytes per pixel of handing the whole plane to an encoder (normalised, then its three-channel float32 copy).
+ENCODE_BYTES_PER_PIXEL = 16
 
 #: Allowance for everything that does not grow with the plane (model input, embedding, decoder).
 MEMORY_MARGIN_BYTES = 256 * 2**20
@@ -266,7 +266,7 @@ class AnnotationSession:
         self._generation = 0
         self._plane: np.ndarray | None = None
         self._digest: str | None = None
-        self._normalized: tuple[int, np.ndarray] | None = None
+        self._normalized: tuple[int, PlaneNormalizer] | None = None
         self._scale: tuple[int, tuple[float, float | None]] | None = None  # (generation, _object_scale())
         self._embedding: Embedding | None = None
         self._preview: Prediction | None = None
@@ -419,12 +419,8 @@ class AnnotationSession:
         """Whether the (crop) embedding of the current plane is in the cache."""
         return self.embedding_key(window) in self.cache
 
-    def _normalized_plane(self, generation: int | None = None) -> np.ndarray:
-        """The current plane normalised (computed once per generation).
-
-        ``(H, W)`` float32 for grey planes (expanded to three channels only per encoded window,
-        :meth:`_crop`), else ``(H, W, 3)`` float32; see :func:`~napari_sam_micro.core.preprocess.normalize_plane`.
-        """
+    def _normalizer(self, generation: int | None = None) -> PlaneNormalizer:
+        """The current plane's :class:`~napari_sam_micro.core.preprocess.PlaneNormalizer` (measured once per generation)."""
         with self._lock:
             gen = self._generation if generation is None else generation
             cached = self._normalized
@@ -433,13 +429,23 @@ class AnnotationSession:
             return cached[1]
         if plane is None:
             raise ImageError("No image plane is set.")
-        grey = plane.ndim == 2 or (config.channels is not None and len(config.channels) == 1)
-        check_memory(plane.shape[:2], PEAK_BYTES_PER_PIXEL if grey else PEAK_BYTES_PER_PIXEL_COLOUR)
-        image = normalize_plane(plane, config)
+        normalizer = PlaneNormalizer(plane, config)
         with self._lock:
             if self._generation == gen:
-                self._normalized = (gen, image)
-        return image
+                self._normalized = (gen, normalizer)
+        return normalizer
+
+    def _normalized_plane(self, generation: int | None = None) -> np.ndarray:
+        """The whole current plane normalised, for the steps that need all of it (object scale, seeds).
+
+        Not kept: windows are normalised on their own (:meth:`_crop`), so that no whole-plane copy
+        stays in memory. ``(H, W)`` float32 for grey planes, else ``(H, W, 3)``; see
+        :func:`~napari_sam_micro.core.preprocess.normalize_plane`. Refused (:func:`check_memory`)
+        when annotating the plane would not fit in the free memory.
+        """
+        normalizer = self._normalizer(generation)
+        check_memory(normalizer.hw, PEAK_BYTES_PER_PIXEL if normalizer.grey else PEAK_BYTES_PER_PIXEL_COLOUR)
+        return normalizer.crop()
 
     # -- embeddings ------------------------------------------------------------------------
     def embedding_job(self, window: Window | None = None) -> Job[Embedding]:
@@ -484,12 +490,11 @@ class AnnotationSession:
         return embedding
 
     def _crop(self, window: Window | None, generation: int) -> np.ndarray:
-        image = self._normalized_plane(generation)
+        """The encoder's ``(h, w, 3)`` float32 input: the window normalised on its own, or the whole plane."""
+        normalizer = self._normalizer(generation)
         if window is None:
-            check_memory(image.shape[:2], ENCODE_BYTES_PER_PIXEL)
-            return to_rgb(image)
-        y0, y1, x0, x1 = window
-        return to_rgb(image[y0:y1, x0:x1])
+            check_memory(normalizer.hw, ENCODE_BYTES_PER_PIXEL)
+        return to_rgb(normalizer.crop(window))
 
     def _note_window(self, window: Window | None, generation: int) -> None:
         if window is not None and generation == self._generation:
@@ -784,7 +789,11 @@ class AnnotationSession:
     def _click_diameter(self, x: float, y: float) -> float:
         """Object diameter (pixels) estimated under a click at ``(x, y)``, kept near the plane's typical one."""
         polarity, typical = self._object_scale()
-        diameter = click_diameter(self._normalized_plane(), y, x, polarity)
+        # only the neighbourhood the estimate reads is normalised (same result as on the whole plane)
+        h, w = self.image_hw
+        r, c = int(np.clip(round(float(y)), 0, h - 1)), int(np.clip(round(float(x)), 0, w - 1))
+        y0, y1, x0, x1 = click_neighbourhood((h, w), r, c)
+        diameter = click_diameter(self._normalizer().crop((y0, y1, x0, x1)), r - y0, c - x0, polarity)
         if typical is not None:
             diameter = float(np.clip(diameter, typical / 2.0, typical * 2.0))
         return diameter
