@@ -95,6 +95,13 @@ def test_distance_to_background_equals_the_whole_plane_transform():
         np.testing.assert_array_equal(seeds.distance_to_background(mask), ndi.distance_transform_edt(mask))
 
 
+def test_distance_to_background_of_overlapping_boxes_takes_one_transform():
+    mask = np.zeros((60, 60), bool)
+    for k in range(0, 60, 3):  # parallel diagonal lines: every box is nearly the whole plane
+        mask[np.eye(60, k=k, dtype=bool) | np.eye(60, k=-k, dtype=bool)] = True
+    np.testing.assert_array_equal(seeds.distance_to_background(mask), ndi.distance_transform_edt(mask))
+
+
 def test_banded_gaussian_equals_the_whole_plane_filter():
     rng = np.random.default_rng(4)
     for h in (1, 7, 255, 256, 257, 700):
