@@ -64,8 +64,8 @@ from .core.decoding import (
 from .core.errors import ImageError, PromptError, UserInputError
 from .core.labels import next_free_id, object_row
 from .core.model_api import Embedding, PromptableModel
-from .core.object_size import click_diameter, object_polarity, typical_diameter
-from .core.preprocess import PreprocessConfig, normalize_image
+from .core.object_size import click_diameter, click_neighbourhood, object_polarity, typical_diameter
+from .core.preprocess import PlaneNormalizer, PreprocessConfig, to_rgb
 from .core.progress import Job, Progress, drain
 from .core.prompts import Prompts, object_prompts
 from .core.seeded import SeededSegmentation, seeded_segmentation_job, with_embeddings
@@ -90,6 +90,69 @@ __all__ = [
 #: Windows encoded together in one call by models that have ``encode_batch`` (a runtime that gains from batches).
 ENCODE_BATCH = 4
 
+#: Peak bytes per image pixel of annotating a grey plane (normalising it, measuring its objects'
+#: scale, a click, a commit), measured by ``benchmarks/bench_memory.py`` (about 21) and rounded up;
+#: the plane itself (the user's) not counted.
+PEAK_BYTES_PER_PIXEL = 24
+
+#: The same for RGB and multichannel planes (their normalised plane keeps three channels; about 29).
+PEAK_BYTES_PER_PIXEL_COLOUR = 32
+
+#: Bytes per pixel of handing the whole plane to an encoder (normalised, then its three-channel float32 copy).
+ENCODE_BYTES_PER_PIXEL = 16
+
+#: Allowance for everything that does not grow with the plane (model input, embedding, decoder).
+MEMORY_MARGIN_BYTES = 256 * 2**20
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory free for this process, or None when it cannot be known (no psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return int(psutil.virtual_memory().available)
+    except Exception:  # an unsupported platform: no check rather than no annotation
+        return None
+
+
+def check_memory(hw: Sequence[int], bytes_per_pixel: float = PEAK_BYTES_PER_PIXEL) -> None:
+    """Refuse a plane whose processing would not fit in the memory that is free.
+
+    Skipped when the free memory cannot be known (psutil missing).
+
+    Parameters
+    ----------
+    hw : (int, int)
+        ``(H, W)`` of the plane.
+    bytes_per_pixel : float
+        What the step needs per pixel: :data:`PEAK_BYTES_PER_PIXEL` (or ``_COLOUR``) for annotating
+        the plane, :data:`ENCODE_BYTES_PER_PIXEL` for handing it whole to an encoder.
+
+    Raises
+    ------
+    ImageError
+        Estimated need (``bytes_per_pixel`` x H x W + :data:`MEMORY_MARGIN_BYTES`) above the free memory.
+    """
+    free = _available_memory()
+    if free is None:
+        return
+    h, w = int(hw[0]), int(hw[1])
+    need = int(bytes_per_pixel * h * w) + MEMORY_MARGIN_BYTES
+    if need <= free:
+        return
+    raise ImageError(
+        f"This image plane is too large for the memory that is free: {w} × {h} pixels "
+        f"({h * w / 1e6:.0f} megapixels) needs about {_gb(need)} to segment, but only {_gb(free)} is free. "
+        "Crop the image to the region you want to annotate, downsample it (e.g. bin 2 × 2), or close "
+        "other programs, then choose the image again."
+    )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -109,9 +172,13 @@ class Prediction:
         """``(H, W)`` image with object ``k`` as label ``k + 1`` (earlier objects win overlaps)."""
         if not self.objects:
             raise ValueError("an empty prediction has no label image")
-        out = np.zeros(self.objects[0].mask.shape, dtype=dtype)
+        out = np.zeros(self.objects[0].plane_hw, dtype=dtype)
         for k, obj in enumerate(self.objects):
-            out[obj.mask & (out == 0)] = k + 1
+            # painted inside the object's window only (no whole-plane mask per object)
+            r, c = obj.offset
+            h, w = obj.crop.shape
+            sub = out[r : r + h, c : c + w]
+            sub[obj.crop & (sub == 0)] = k + 1
         return out
 
 
@@ -199,7 +266,7 @@ class AnnotationSession:
         self._generation = 0
         self._plane: np.ndarray | None = None
         self._digest: str | None = None
-        self._normalized: tuple[int, np.ndarray] | None = None
+        self._normalized: tuple[int, PlaneNormalizer] | None = None
         self._scale: tuple[int, tuple[float, float | None]] | None = None  # (generation, _object_scale())
         self._embedding: Embedding | None = None
         self._preview: Prediction | None = None
@@ -352,8 +419,8 @@ class AnnotationSession:
         """Whether the (crop) embedding of the current plane is in the cache."""
         return self.embedding_key(window) in self.cache
 
-    def _normalized_plane(self, generation: int | None = None) -> np.ndarray:
-        """The current plane normalised to ``(H, W, 3)`` float32 (computed once per generation)."""
+    def _normalizer(self, generation: int | None = None) -> PlaneNormalizer:
+        """The current plane's :class:`~napari_sam_micro.core.preprocess.PlaneNormalizer` (measured once per generation)."""
         with self._lock:
             gen = self._generation if generation is None else generation
             cached = self._normalized
@@ -362,11 +429,23 @@ class AnnotationSession:
             return cached[1]
         if plane is None:
             raise ImageError("No image plane is set.")
-        image = normalize_image(plane, config)
+        normalizer = PlaneNormalizer(plane, config)
         with self._lock:
             if self._generation == gen:
-                self._normalized = (gen, image)
-        return image
+                self._normalized = (gen, normalizer)
+        return normalizer
+
+    def _normalized_plane(self, generation: int | None = None) -> np.ndarray:
+        """The whole current plane normalised, for the steps that need all of it (object scale, seeds).
+
+        Not kept: windows are normalised on their own (:meth:`_crop`), so that no whole-plane copy
+        stays in memory. ``(H, W)`` float32 for grey planes, else ``(H, W, 3)``; see
+        :func:`~napari_sam_micro.core.preprocess.normalize_plane`. Refused (:func:`check_memory`)
+        when annotating the plane would not fit in the free memory.
+        """
+        normalizer = self._normalizer(generation)
+        check_memory(normalizer.hw, PEAK_BYTES_PER_PIXEL if normalizer.grey else PEAK_BYTES_PER_PIXEL_COLOUR)
+        return normalizer.crop()
 
     # -- embeddings ------------------------------------------------------------------------
     def embedding_job(self, window: Window | None = None) -> Job[Embedding]:
@@ -411,11 +490,11 @@ class AnnotationSession:
         return embedding
 
     def _crop(self, window: Window | None, generation: int) -> np.ndarray:
-        image = self._normalized_plane(generation)
+        """The encoder's ``(h, w, 3)`` float32 input: the window normalised on its own, or the whole plane."""
+        normalizer = self._normalizer(generation)
         if window is None:
-            return image
-        y0, y1, x0, x1 = window
-        return np.ascontiguousarray(image[y0:y1, x0:x1])
+            check_memory(normalizer.hw, ENCODE_BYTES_PER_PIXEL)
+        return to_rgb(normalizer.crop(window))
 
     def _note_window(self, window: Window | None, generation: int) -> None:
         if window is not None and generation == self._generation:
@@ -710,7 +789,11 @@ class AnnotationSession:
     def _click_diameter(self, x: float, y: float) -> float:
         """Object diameter (pixels) estimated under a click at ``(x, y)``, kept near the plane's typical one."""
         polarity, typical = self._object_scale()
-        diameter = click_diameter(self._normalized_plane(), y, x, polarity)
+        # only the neighbourhood the estimate reads is normalised (same result as on the whole plane)
+        h, w = self.image_hw
+        r, c = int(np.clip(round(float(y)), 0, h - 1)), int(np.clip(round(float(x)), 0, w - 1))
+        y0, y1, x0, x1 = click_neighbourhood((h, w), r, c)
+        diameter = click_diameter(self._normalizer().crop((y0, y1, x0, x1)), r - y0, c - x0, polarity)
         if typical is not None:
             diameter = float(np.clip(diameter, typical / 2.0, typical * 2.0))
         return diameter
@@ -775,15 +858,17 @@ class AnnotationSession:
         if len(leading) != labels.ndim - 2:
             raise ValueError(f"labels of shape {labels.shape} need {labels.ndim - 2} leading indices, got {leading}")
         hw = tuple(int(s) for s in labels.shape[-2:])
-        if hw != prediction.objects[0].mask.shape:
+        image_hw = prediction.objects[0].plane_hw
+        if hw != image_hw:
             raise ImageError(
-                f"The labels layer plane is {hw[1]} × {hw[0]} pixels but the image is "
-                f"{prediction.objects[0].mask.shape[1]} × {prediction.objects[0].mask.shape[0]}."
+                f"The labels layer plane is {hw[1]} × {hw[0]} pixels but the image is {image_hw[1]} × {image_hw[0]}."
             )
-        # read only the region the masks touch (a lazy volume is never loaded whole)
-        rows, cols = np.nonzero(np.any([obj.mask for obj in prediction.objects], axis=0))
-        r0, c0 = (int(rows.min()), int(cols.min())) if rows.size else (0, 0)
-        region = (slice(r0, int(rows.max()) + 1 if rows.size else 0), slice(c0, int(cols.max()) + 1 if cols.size else 0))
+        # read only the region the masks touch (a lazy volume is never loaded whole); masks are
+        # taken in that region only (no whole-plane array per object)
+        boxes = [b for b in (obj.bbox() for obj in prediction.objects) if b is not None]
+        r0, c0 = (min(b[0] for b in boxes), min(b[1] for b in boxes)) if boxes else (0, 0)
+        r1, c1 = (max(b[2] for b in boxes), max(b[3] for b in boxes)) if boxes else (0, 0)
+        region = (slice(r0, r1), slice(c0, c1))
         plane = np.array(labels[(*leading, *region)], copy=True)
         if isinstance(labels, np.ndarray):
             next_id = next_free_id(labels)
@@ -792,7 +877,7 @@ class AnnotationSession:
             next_id = max(int(top.compute() if hasattr(top, "compute") else top), 0) + 1
         items = []
         for k, obj in enumerate(prediction.objects):
-            mask = obj.mask[region]
+            mask = obj.region(r0, r1, c0, c1)
             sel = mask if overwrite else mask & (plane == 0)
             if not sel.any():
                 continue
@@ -807,9 +892,9 @@ class AnnotationSession:
             rr, cc = np.nonzero(sel)
             rr, cc = rr + r0, cc + c0
             indices = (*(np.full(rr.shape, i, dtype=np.intp) for i in leading), rr.astype(np.intp), cc.astype(np.intp))
-            full = np.zeros(hw, bool)
-            full[rr, cc] = True
-            row = object_row(label_id, full, obj.predicted_iou, obj.stability, obj.kind)
+            row = object_row(label_id, sel, obj.predicted_iou, obj.stability, obj.kind)
+            for key, shift in (("bbox_y0", r0), ("bbox_x0", c0), ("bbox_y1", r0), ("bbox_x1", c0)):
+                row[key] += shift  # region frame → plane
             items.append(CommitItem(indices=indices, label_id=label_id, row=row, object_index=k))
         return items
 

@@ -30,7 +30,7 @@ from .masks import mask_to_box_xyxy, stability_score
 from .model_api import Embedding, PromptableModel
 from .preprocess import prompt_window
 from .prompts import ObjectPrompt
-from .windows import REUSE_SCALE_RANGE, Window, covers_plane, fits, reaches_border, reuse_window, square_window
+from .windows import REUSE_SCALE_RANGE, Window, covers_plane, fits, reuse_window, square_window
 
 __all__ = [
     "EmbeddingNotReady",
@@ -83,12 +83,16 @@ class EmbeddingNotReady(RuntimeError):
 
 @dataclass(frozen=True)
 class ObjectPreview:
-    """The predicted mask of one object.
+    """The predicted mask of one object, stored as the crop of the window it was decoded in.
+
+    A preview costs memory in proportion to its window, not to the plane; :attr:`mask` pastes the
+    crop into a whole-plane array when asked.
 
     Parameters
     ----------
-    mask : (H, W) bool
-        On the whole plane.
+    crop : (h, w) bool
+        The mask inside ``window`` (``image[y0:y1, x0:x1]``); the whole ``(H, W)`` plane when
+        ``window`` is None.
     predicted_iou, stability : float
         The model's IoU prediction and SAM's stability score of the chosen mask.
     kind : str
@@ -97,19 +101,78 @@ class ObjectPreview:
         Logits of the chosen mask in the model frame of ``window`` (refinement input).
     window : Window or None
         Crop the object was decoded in (None = the whole plane).
+    hw : (int, int), optional
+        ``(H, W)`` of the plane; needed with a ``window`` (default: the crop's shape).
     """
 
-    mask: np.ndarray
+    crop: np.ndarray
     predicted_iou: float
     stability: float
     kind: str
     low_res_logits: np.ndarray
     window: Window | None = None
+    hw: tuple[int, int] | None = None
+
+    @property
+    def plane_hw(self) -> tuple[int, int]:
+        """``(H, W)`` of the plane."""
+        if self.hw is not None:
+            return int(self.hw[0]), int(self.hw[1])
+        if self.window is not None:
+            raise ValueError("an ObjectPreview decoded in a window needs the plane's hw")
+        return int(self.crop.shape[0]), int(self.crop.shape[1])
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(H, W)`` bool on the whole plane (a new array for a windowed object: prefer :meth:`region`)."""
+        if self.window is None:
+            return self.crop
+        out = np.zeros(self.plane_hw, dtype=bool)
+        y0, y1, x0, x1 = self.window
+        out[y0:y1, x0:x1] = self.crop
+        return out
 
     @property
     def area(self) -> int:
         """Pixels in the mask."""
-        return int(np.count_nonzero(self.mask))
+        return int(np.count_nonzero(self.crop))
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """``(row, col)`` of the crop's first pixel on the plane."""
+        return (0, 0) if self.window is None else (int(self.window[0]), int(self.window[2]))
+
+    def bbox(self) -> tuple[int, int, int, int] | None:
+        """``(y0, x0, y1, x1)`` half-open bounding box of the mask on the plane; None when empty."""
+        rows = np.flatnonzero(self.crop.any(axis=1))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(self.crop.any(axis=0))
+        r, c = self.offset
+        return r + int(rows[0]), c + int(cols[0]), r + int(rows[-1]) + 1, c + int(cols[-1]) + 1
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """``(y1 - y0, x1 - x0)`` bool: the mask in ``plane[y0:y1, x0:x1]`` (equals ``mask[y0:y1, x0:x1]``)."""
+        out = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=bool)
+        r, c = self.offset
+        h, w = self.crop.shape
+        a0, a1, b0, b1 = max(y0, r), min(y1, r + h), max(x0, c), min(x1, c + w)
+        if a0 < a1 and b0 < b1:
+            out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = self.crop[a0 - r : a1 - r, b0 - c : b1 - c]
+        return out
+
+    def touches_window_border(self) -> bool:
+        """Whether the mask touches a side of its window that is not the plane's border.
+
+        :func:`~napari_sam_micro.core.windows.reaches_border` of :attr:`mask`, from the crop alone.
+        """
+        if self.window is None:
+            return False
+        y0, y1, x0, x1 = self.window
+        h, w = self.plane_hw
+        c = self.crop
+        sides = [side for keep, side in ((y0 > 0, c[0]), (y1 < h, c[-1]), (x0 > 0, c[:, 0]), (x1 < w, c[:, -1])) if keep]
+        return any(bool(side.any()) for side in sides)
 
 
 @dataclass(frozen=True)
@@ -277,15 +340,11 @@ def previews(
     stab = stability_score(up, thr)
     out = []
     for b in range(n):
-        crop = up[b] > thr
-        if window is None:
-            mask = crop
-        else:
-            y0, y1, x0, x1 = window
-            mask = np.zeros(ctx.hw, dtype=bool)
-            mask[y0:y1, x0:x1] = crop
+        crop = up[b] > thr  # kept as the window's crop: O(window), not O(plane)
         out.append(
-            ObjectPreview(mask, float(iou[b, best[b]]), float(stab[b]), kinds[b], np.asarray(chosen[b][None], np.float32), window)
+            ObjectPreview(
+                crop, float(iou[b, best[b]]), float(stab[b]), kinds[b], np.asarray(chosen[b][None], np.float32), window, tuple(ctx.hw)
+            )
         )
     return out
 
@@ -303,8 +362,9 @@ def decode_object(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, 
     return previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, [obj.kind], choose if multimask else None)[0]
 
 
-def _padded_box(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    x0, y0, x1, y1 = mask_to_box_xyxy(mask).astype(np.float64)
+def _padded_box(preview: ObjectPreview, hw: tuple[int, int]) -> np.ndarray:
+    r, c = preview.offset
+    x0, y0, x1, y1 = (mask_to_box_xyxy(preview.crop) + np.array([c, r, c, r])).astype(np.float64)
     pad = CLICK_BOX_PAD * max(x1 - x0, y1 - y0) + 1.0
     return np.clip([x0 - pad, y0 - pad, x1 + pad, y1 + pad], 0, [hw[1] - 1, hw[0] - 1, hw[1] - 1, hw[0] - 1])
 
@@ -337,16 +397,16 @@ def decode_click(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, c
     first = None
     for attempt in range(CLICK_WINDOW_GROWTH + 1):
         first = decode_object(ctx, obj, window, ctx.get_embedding(window), choose=choose)
-        if window is None or attempt == CLICK_WINDOW_GROWTH or not reaches_border(first.mask, window, hw):
+        if window is None or attempt == CLICK_WINDOW_GROWTH or not first.touches_window_border():
             break
         y0, y1, x0, x1 = window
         bigger = ctx.plane_or(square_window((x0 + x1) / 2.0, (y0 + y1) / 2.0, 2 * max(y1 - y0, x1 - x0), hw))
         if bigger == window:
             break
         window = bigger
-    if first is None or not first.mask.any():
+    if first is None or not first.crop.any():
         return first
-    box = _padded_box(first.mask, hw)
+    box = _padded_box(first, hw)
     boxed = ObjectPrompt(obj.point_coords, obj.point_labels, box.astype(np.float32), "box+points")
     window2 = _box_stage_window(ctx, box, window)
     second = decode_object(ctx, boxed, window2, ctx.get_embedding(window2))
@@ -383,10 +443,10 @@ def decode_clicks_in_window(
     first = previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, ["points"] * len(pts), choose)
     keep, boxes = [], []
     for b, prev in enumerate(first):
-        if not prev.mask.any():
+        if not prev.crop.any():
             continue
-        box = _padded_box(prev.mask, ctx.hw)
-        if window is not None and (reaches_border(prev.mask, window, ctx.hw) or not fits(box, window, ctx.hw, ctx.reuse_scale)):
+        box = _padded_box(prev, ctx.hw)
+        if window is not None and (prev.touches_window_border() or not fits(box, window, ctx.hw, ctx.reuse_scale)):
             continue
         keep.append(b)
         boxes.append(box)

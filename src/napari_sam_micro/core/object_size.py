@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 
 from .seeds import find_seeds, foreground_mask, gray_image
 
-__all__ = ["object_polarity", "click_diameter", "typical_diameter", "DIAMETER_RANGE"]
+__all__ = ["object_polarity", "click_diameter", "click_neighbourhood", "typical_diameter", "DIAMETER_RANGE"]
 
 #: Diameters (pixels) the estimate can return.
 DIAMETER_RANGE = (4.0, 160.0)
@@ -96,8 +96,8 @@ def click_diameter(
     lo, hi = (float(v) / (2.0 * math.sqrt(2.0)) for v in diameter_range)
     sigmas = np.geomspace(lo, hi, int(n_scales))
     # the neighbourhood of the click, mirrored where it leaves the image: centre at (R, R)
-    R = int(math.ceil(3.0 * hi)) + int(hi // 3) + 1
-    y0, y1, x0, x1 = max(0, r - R), min(h, r + R + 1), max(0, c - R), min(w, c + R + 1)
+    R = _radius(diameter_range)
+    y0, y1, x0, x1 = click_neighbourhood((h, w), r, c, diameter_range)
     pad = ((R - (r - y0), R + 1 - (y1 - r)), (R - (c - x0), R + 1 - (x1 - c)))
     local = np.pad(gray[y0:y1, x0:x1], pad, mode="symmetric" if min(h, w) > 1 else "edge")
     responses = np.empty(len(sigmas))
@@ -120,6 +120,22 @@ def click_diameter(
     peaks = np.flatnonzero((responses >= padded[:-2]) & (responses >= padded[2:]) & (responses >= min_peak_fraction * top))
     best_sigma = float(sigmas[peaks[0]] if top > 0 and peaks.size else sigmas[int(np.argmax(responses))])
     return float(np.clip(2.0 * math.sqrt(2.0) * best_sigma, *diameter_range))
+
+
+def _radius(diameter_range: tuple[float, float]) -> int:
+    hi = float(diameter_range[1]) / (2.0 * math.sqrt(2.0))
+    return int(math.ceil(3.0 * hi)) + int(hi // 3) + 1
+
+
+def click_neighbourhood(hw: tuple[int, int], row: int, col: int, diameter_range: tuple[float, float] = DIAMETER_RANGE) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the part of the plane :func:`click_diameter` reads for a click at pixel ``(row, col)``.
+
+    ``click_diameter(image[y0:y1, x0:x1], row - y0, col - x0)`` equals ``click_diameter(image, row, col)``
+    (integer ``row``, ``col`` inside the plane), so a caller can normalise that crop only.
+    """
+    h, w = int(hw[0]), int(hw[1])
+    R = _radius(diameter_range)
+    return max(0, row - R), min(h, row + R + 1), max(0, col - R), min(w, col + R + 1)
 
 
 def typical_diameter(image: np.ndarray, polarity: float = 1.0, max_objects: int = 30, min_objects: int = 5) -> float | None:

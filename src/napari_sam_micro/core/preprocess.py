@@ -37,6 +37,10 @@ __all__ = [
     "PreprocessConfig",
     "PERCENTILE_MAX_SAMPLES",
     "normalize_image",
+    "normalize_plane",
+    "PlaneNormalizer",
+    "ChannelStretch",
+    "to_rgb",
     "normalize_channel",
     "plane_from_nd",
     "prompt_window",
@@ -98,18 +102,101 @@ def _sample(channel: np.ndarray) -> np.ndarray:
     return channel[::step, ::step]
 
 
-def _offset_to_zero(channel: np.ndarray) -> np.ndarray:
-    """64-bit integers minus their minimum, as ``uint64`` (exact, no overflow).
+def _shift_to_zero(channel: np.ndarray, low: int) -> np.ndarray:
+    """64-bit integers minus ``low`` (their minimum), as ``uint64`` (exact, no overflow).
 
     float64 holds 53 bits: near 2**60 neighbouring values collapse (contrast lost) and
     ``uint64`` values near 2**63 all round to one number (a black image). The differences to
     the minimum are small in real data, so they convert to float64 exactly.
     """
-    low = np.asarray(channel.min()).astype(np.uint64)
     # modular uint64 arithmetic gives the exact difference for int64 too (max - min < 2**64)
     out = channel.astype(np.uint64)  # a copy: the caller's array is left alone
-    out -= low
+    out -= np.uint64(low)
     return out
+
+
+def _as_number(channel) -> np.ndarray:
+    channel = np.asarray(channel)
+    if channel.dtype == bool:
+        channel = channel.astype(np.uint8)
+    if not (np.issubdtype(channel.dtype, np.integer) or np.issubdtype(channel.dtype, np.floating)):
+        raise ImageError(f"Images of type {channel.dtype} cannot be segmented; convert to a number type.")
+    return channel
+
+
+@dataclass(frozen=True)
+class ChannelStretch:
+    """The percentile stretch of one channel, measured once on the whole channel, applied to any crop.
+
+    Parameters
+    ----------
+    lo, hi : float
+        Values mapped to 0 and 1 (after ``offset``); ``hi <= lo``: a flat channel (all zeros).
+    offset : int, optional
+        64-bit integers: their minimum, subtracted first (exactly, in ``uint64``).
+    """
+
+    lo: float
+    hi: float
+    offset: int | None = None
+
+    @classmethod
+    def measure(cls, channel: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> ChannelStretch:
+        """The stretch of a whole ``(H, W)`` channel (rules in the module docstring)."""
+        channel = _as_number(channel)
+        is_float = np.issubdtype(channel.dtype, np.floating)
+        offset = None
+        sample = _sample(channel)
+        if channel.dtype.itemsize == 8 and not is_float:
+            # the uint64 view of a large offset starts at 0 (only the sample is shifted here)
+            offset = int(np.asarray(channel.min()).astype(np.uint64))
+            sample = _shift_to_zero(sample, offset)
+        if is_float:
+            finite_sample = sample[np.isfinite(sample)]
+            if finite_sample.size == 0 and sample.size != channel.size:
+                finite_sample = channel[np.isfinite(channel)]
+            if finite_sample.size == 0:
+                raise ImageError("The image has no valid pixel values (all NaN or infinite).")
+        else:
+            finite_sample = sample.ravel()
+        if is_float or finite_sample.dtype.itemsize > 4:
+            finite_sample = finite_sample.astype(np.float64, copy=False)
+        # (integers up to 32 bits: numpy interpolates them in float64 exactly as after a float64 copy)
+        lo, hi = np.percentile(finite_sample, percentiles)
+        if not hi > lo:
+            lo, hi = float(finite_sample.min()), float(finite_sample.max())
+            if sample.size != channel.size:
+                vals = channel[np.isfinite(channel)] if is_float else channel
+                if offset is not None:
+                    vals = _shift_to_zero(vals, offset)
+                lo, hi = float(vals.min()), float(vals.max())
+        return cls(float(lo), float(hi), offset)
+
+    def apply(self, channel: np.ndarray) -> np.ndarray:
+        """``(h, w)`` float32 in ``[0, 1]`` of a crop of the measured channel (NaN / inf → 0)."""
+        channel = _as_number(channel)
+        is_float = np.issubdtype(channel.dtype, np.floating)
+        if self.offset is not None:
+            channel = _shift_to_zero(channel, self.offset)
+        lo, hi = self.lo, self.hi
+        if not hi > lo:
+            return np.zeros(channel.shape, np.float32)
+        # float32 is exact for <= 16-bit data (and float32 input); wider types use float64 so that
+        # large offsets (e.g. int32 counts around 1e7) keep their precision.
+        if channel.dtype.itemsize <= 2 or channel.dtype == np.float32:
+            out = channel.astype(np.float32)
+            out -= np.float32(lo)
+            out *= np.float32(1.0 / (hi - lo))
+        else:
+            wide = channel.astype(np.float64)  # in place from here: one float64 copy at a time
+            wide -= lo
+            wide *= 1.0 / (hi - lo)
+            out = wide.astype(np.float32)
+            del wide
+        np.clip(out, 0.0, 1.0, out=out)
+        if is_float:
+            out[~np.isfinite(channel)] = 0.0
+        return out
 
 
 def normalize_channel(channel: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
@@ -125,44 +212,7 @@ def normalize_channel(channel: np.ndarray, percentiles: tuple[float, float] = (1
     -------
     (H, W) float32
     """
-    channel = np.asarray(channel)
-    if channel.dtype == bool:
-        channel = channel.astype(np.uint8)
-    if not (np.issubdtype(channel.dtype, np.integer) or np.issubdtype(channel.dtype, np.floating)):
-        raise ImageError(f"Images of type {channel.dtype} cannot be segmented; convert to a number type.")
-    is_float = np.issubdtype(channel.dtype, np.floating)
-    if channel.dtype.itemsize == 8 and not is_float:
-        channel = _offset_to_zero(channel)
-    sample = _sample(channel)
-    if is_float:
-        finite_sample = sample[np.isfinite(sample)]
-        if finite_sample.size == 0 and sample is not channel:
-            finite_sample = channel[np.isfinite(channel)]
-        if finite_sample.size == 0:
-            raise ImageError("The image has no valid pixel values (all NaN or infinite).")
-    else:
-        finite_sample = sample.ravel()
-    finite_sample = finite_sample.astype(np.float64, copy=False)
-    lo, hi = np.percentile(finite_sample, percentiles)
-    if not hi > lo:
-        lo, hi = float(finite_sample.min()), float(finite_sample.max())
-        if sample is not channel:
-            vals = channel[np.isfinite(channel)] if is_float else channel
-            lo, hi = float(vals.min()), float(vals.max())
-    if not hi > lo:
-        return np.zeros(channel.shape, np.float32)
-    # float32 is exact for <= 16-bit data (and float32 input); wider types use float64 so that
-    # large offsets (e.g. int32 counts around 1e7) keep their precision.
-    if channel.dtype.itemsize <= 2 or channel.dtype == np.float32:
-        out = channel.astype(np.float32)
-        out -= np.float32(lo)
-        out *= np.float32(1.0 / (hi - lo))
-    else:
-        out = ((channel.astype(np.float64) - lo) * (1.0 / (hi - lo))).astype(np.float32)
-    np.clip(out, 0.0, 1.0, out=out)
-    if is_float:
-        out[~np.isfinite(channel)] = 0.0
-    return out
+    return ChannelStretch.measure(channel, percentiles).apply(channel)
 
 
 def _stack3(chans: list[np.ndarray]) -> np.ndarray:
@@ -172,6 +222,14 @@ def _stack3(chans: list[np.ndarray]) -> np.ndarray:
         mean = (chans[0] + chans[1]) * np.float32(0.5)
         return np.stack([chans[0], chans[1], mean], axis=2)
     return np.stack(chans[:3], axis=2)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` float32 C-contiguous: a grey ``(H, W)`` plane replicated, an ``(H, W, 3)`` one as is."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image)
 
 
 def normalize_image(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
@@ -194,45 +252,117 @@ def normalize_image(image: np.ndarray, config: PreprocessConfig | None = None) -
     ImageError
         Wrong dimensionality, no finite value, more than three channels without a choice.
     """
-    config = config or PreprocessConfig()
-    image = np.asarray(image)
-    if image.size == 0:
-        raise ImageError("The image is empty (zero pixels).")
-    pct = config.percentiles
-    if config.channel_axis is not None:
-        if image.ndim != 3:
-            raise ImageError(
-                f"Expected a 2D image with a channel axis (3 dimensions), got {image.ndim} dimensions."
-            )
-        data = np.moveaxis(image, config.channel_axis, -1)
-        n = data.shape[-1]
-        chans = config.channels
-        if chans is None:
-            if n > 3:
+    return to_rgb(normalize_plane(image, config))
+
+
+def normalize_plane(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
+    """:func:`normalize_image` without replicating a grey result to three channels.
+
+    A third of the memory for grey planes; ``to_rgb(normalize_plane(x, c))`` equals
+    ``normalize_image(x, c)``. For crops of a plane see :class:`PlaneNormalizer`.
+
+    Returns
+    -------
+    (H, W) or (H, W, 3) float32
+        ``(H, W)`` for grey planes and a single chosen channel; values in ``[0, 1]``, C-contiguous.
+    """
+    return PlaneNormalizer(image, config).crop()
+
+
+class PlaneNormalizer:
+    """:func:`normalize_plane` in two steps: the stretch is measured on the whole plane once, then
+    any crop is normalised on its own (equal to the crop of the normalised plane).
+
+    Models that encode windows need no normalised copy of the whole plane.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        As for :func:`normalize_image` (kept by reference, not copied).
+    config : PreprocessConfig, optional
+
+    Raises
+    ------
+    ImageError
+        Wrong dimensionality, no finite value, more than three channels without a choice.
+    """
+
+    def __init__(self, image: np.ndarray, config: PreprocessConfig | None = None):
+        config = config or PreprocessConfig()
+        image = np.asarray(image)
+        if image.size == 0:
+            raise ImageError("The image is empty (zero pixels).")
+        pct = config.percentiles
+        self._rgb8 = False
+        if config.channel_axis is not None:
+            if image.ndim != 3:
                 raise ImageError(
-                    f"The image has {n} channels; SAM uses at most three. Pick the channels to segment on."
+                    f"Expected a 2D image with a channel axis (3 dimensions), got {image.ndim} dimensions."
                 )
-            chans = tuple(range(n))
-        bad = [c for c in chans if not -n <= c < n]
-        if bad:
-            raise ImageError(f"Channel {bad[0]} does not exist: the image has {n} channels (0–{n - 1}).")
-        out = _stack3([normalize_channel(data[..., c], pct) for c in chans])
-    elif config.rgb:
-        if image.ndim != 3 or image.shape[-1] not in (3, 4):
-            raise ImageError(f"An RGB image must be (height, width, 3 or 4), got shape {image.shape}.")
-        rgb = image[..., :3]
-        if rgb.dtype == np.uint8:
-            out = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+            data = np.moveaxis(image, config.channel_axis, -1)
+            n = data.shape[-1]
+            chans = config.channels
+            if chans is None:
+                if n > 3:
+                    raise ImageError(
+                        f"The image has {n} channels; SAM uses at most three. Pick the channels to segment on."
+                    )
+                chans = tuple(range(n))
+            bad = [c for c in chans if not -n <= c < n]
+            if bad:
+                raise ImageError(f"Channel {bad[0]} does not exist: the image has {n} channels (0–{n - 1}).")
+        elif config.rgb:
+            if image.ndim != 3 or image.shape[-1] not in (3, 4):
+                raise ImageError(f"An RGB image must be (height, width, 3 or 4), got shape {image.shape}.")
+            data, chans = image, (0, 1, 2)
+            self._rgb8 = image.dtype == np.uint8
+        elif image.ndim == 2:
+            data, chans = image, None
         else:
-            out = _stack3([normalize_channel(rgb[..., c], pct) for c in range(3)])
-    elif image.ndim == 2:
-        out = _stack3([normalize_channel(image, pct)])
-    else:
-        raise ImageError(
-            f"Expected a 2D image plane, got shape {image.shape}. Choose a single plane (slice), "
-            "mark the layer as RGB, or set the channel axis."
-        )
-    return np.ascontiguousarray(out, dtype=np.float32)
+            raise ImageError(
+                f"Expected a 2D image plane, got shape {image.shape}. Choose a single plane (slice), "
+                "mark the layer as RGB, or set the channel axis."
+            )
+        self._data = data
+        self._chans = chans
+        if self._rgb8:
+            self._stretches = []
+        elif chans is None:
+            self._stretches = [ChannelStretch.measure(data, pct)]
+        else:
+            self._stretches = [ChannelStretch.measure(data[..., c], pct) for c in chans]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """``(H, W)`` of the plane."""
+        return int(self._data.shape[0]), int(self._data.shape[1])
+
+    @property
+    def grey(self) -> bool:
+        """Whether the result is single-channel ``(H, W)``."""
+        return len(self._stretches) == 1
+
+    def crop(self, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The normalised ``image[y0:y1, x0:x1]`` (``window = (y0, y1, x0, x1)``; None: the whole plane).
+
+        Returns
+        -------
+        (h, w) or (h, w, 3) float32
+            As :func:`normalize_plane`, C-contiguous.
+        """
+        data = self._data
+        if window is not None:
+            y0, y1, x0, x1 = (int(v) for v in window)
+            data = data[y0:y1, x0:x1]
+        if self._rgb8:
+            out = data[..., :3].astype(np.float32)
+            out *= np.float32(1.0 / 255.0)
+        elif self._chans is None:
+            out = self._stretches[0].apply(data)
+        else:
+            normed = [st.apply(data[..., c]) for c, st in zip(self._chans, self._stretches)]
+            out = normed[0] if len(normed) == 1 else _stack3(normed)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def plane_from_nd(data, index=(), rgb: bool = False, channel_axis: int | None = None) -> np.ndarray:

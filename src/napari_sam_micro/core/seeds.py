@@ -35,6 +35,7 @@ __all__ = [
     "otsu_threshold",
     "foreground_mask",
     "find_seeds",
+    "distance_to_background",
     "uncovered_seeds",
     "choose_seed_mask",
     "resolve_seeded_masks",
@@ -51,6 +52,10 @@ SEED_IOU_FLOOR = 0.4
 REFILL_AREA_FRACTION = 0.25
 
 
+#: Elements per chunk where a whole-image float64 temporary is avoided.
+_CHUNK = 1 << 16
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of finite ``values`` (any shape, real dtype).
 
@@ -60,14 +65,22 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
         The threshold maximising the between-class variance; the value itself when the input is
         constant (or NaN when there is no finite value).
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
+    values = np.asarray(values)
+    v = values.reshape(-1)
+    # min / max are exact in the input's dtype; the histogram goes chunk by chunk in float64 (the
+    # counts add up), so no full float64 copy of a large image is made
+    finite = np.isfinite(v).all() if v.dtype.kind == "f" else True
+    if not finite:
+        v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan")
     lo, hi = float(v.min()), float(v.max())
     if hi <= lo:
         return lo
-    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    hist = np.zeros(bins, np.int64)
+    for start in range(0, v.size, _CHUNK):
+        part, edges = np.histogram(v[start : start + _CHUNK].astype(np.float64), bins=bins, range=(lo, hi))
+        hist += part
     centres = (edges[:-1] + edges[1:]) / 2.0
     w0 = np.cumsum(hist).astype(np.float64)
     w1 = w0[-1] - w0
@@ -83,9 +96,11 @@ def gray_image(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 3:
         img = img.mean(axis=-1)
+        return np.nan_to_num(img, nan=0.0, copy=False)  # a new array: cleaned in place
     if img.ndim != 2:
         raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {np.shape(image)}")
-    return np.nan_to_num(img, nan=0.0)
+    # no copy of a large grey image unless it has NaN (the caller's array is never modified)
+    return np.nan_to_num(img, nan=0.0) if np.isnan(img).any() else img
 
 
 def foreground_mask(image: np.ndarray, polarity: str = "auto", sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -110,14 +125,15 @@ def foreground_mask(image: np.ndarray, polarity: str = "auto", sigma: float = 1.
     if polarity not in ("auto", "bright", "dark"):
         raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
     gray = gray_image(image)
-    signal = ndi.gaussian_filter(gray, sigma) if sigma > 0 else gray
+    signal = ndi.gaussian_filter(gray, sigma) if sigma > 0 else np.array(gray, dtype=np.float32)
+    del gray
     t = otsu_threshold(signal)
     if polarity == "dark" or (polarity == "auto" and np.count_nonzero(signal > t) > signal.size / 2):
-        signal = signal.max() - signal
+        np.subtract(signal.max(), signal, out=signal)  # our own array: inverted in place
         t = otsu_threshold(signal)
     mask = signal > t
     mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
-    return mask, signal.astype(np.float32)
+    return mask, signal.astype(np.float32, copy=False)
 
 
 def find_seeds(
@@ -158,13 +174,86 @@ def find_seeds(
     mask, signal = foreground_mask(image, polarity=polarity, sigma=1.0)
     if not mask.any():
         return np.zeros((0, 2), dtype=np.float64)
-    dist = ndi.distance_transform_edt(mask)
+    dist = distance_to_background(mask)
+    allowed = mask & (dist >= float(min_radius))
+    del mask
+    # the score is built in place in ``dist`` and ``signal`` (same values as the plain expressions)
     lo, hi = float(signal.min()), float(signal.max())
-    intensity = (signal - lo) / (hi - lo) if hi > lo else np.zeros_like(signal)
-    score = dist + float(intensity_weight) * intensity
+    if hi > lo:
+        signal -= lo
+        signal /= hi - lo
+        signal *= float(intensity_weight)
+        dist += signal
+    del signal
     if sigma > 0:
-        score = ndi.gaussian_filter(score, sigma)
-    return _maxima(score, mask & (dist >= float(min_radius)), min_distance, max_seeds)
+        _gaussian_in_place(dist, sigma)
+    return _maxima(dist, allowed, min_distance, max_seeds)
+
+
+#: Rows per band of the banded filters.
+_BAND_ROWS = 256
+
+
+def _bands(h: int, margin: int, rows: int = _BAND_ROWS):
+    """``(r0, r1, lo, hi)``: bands ``[r0, r1)`` of ``h`` rows and their context ``[lo, hi)`` (``margin`` more each side)."""
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        yield r0, r1, max(0, r0 - margin), min(h, r1 + margin)
+
+
+def _gaussian_in_place(image: np.ndarray, sigma: float) -> None:
+    """``image[...] = ndi.gaussian_filter(image, sigma)`` band by band (same values, no full-size copy).
+
+    An output row depends on the input rows within the kernel's radius (``truncate`` = 4 σ); each
+    band is filtered with that many original rows around it (the rows above it, already overwritten,
+    are kept aside first).
+    """
+    margin = int(4.0 * float(sigma) + 0.5)
+    above = image[0:0].copy()  # original rows just above the current band
+    for r0, r1, lo, hi in _bands(image.shape[0], margin, max(_BAND_ROWS, margin)):
+        context = np.concatenate([above, image[r0:hi]]) if r0 > lo else image[r0:hi]
+        out = ndi.gaussian_filter(context, sigma)[r0 - lo : r1 - lo]
+        above = image[max(0, r1 - margin) : r1].copy()
+        image[r0:r1] = out
+
+
+#: :func:`distance_to_background` works object by object unless their boxes add up to more than this many planes.
+_BOX_AREA_LIMIT = 4
+
+
+def distance_to_background(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each foreground pixel to the nearest background pixel, object by object.
+
+    Equal to ``scipy.ndimage.distance_transform_edt(mask)`` (an 8-connected object's nearest pixel
+    outside it is background and lies within its bounding box grown by one pixel), but the
+    transform's temporaries (about 40 bytes per pixel) are those of one object's box, not the plane's.
+
+    Parameters
+    ----------
+    mask : (H, W) bool
+        Foreground.
+
+    Returns
+    -------
+    (H, W) float64
+        0 on the background; like scipy, the outside of the image is not background.
+    """
+    mask = np.asarray(mask, bool)
+    comp, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    h, w = mask.shape
+    boxes = [
+        (max(rows.start - 1, 0), min(rows.stop + 1, h), max(cols.start - 1, 0), min(cols.stop + 1, w))
+        for rows, cols in ndi.find_objects(comp)
+    ]
+    if sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in boxes) > _BOX_AREA_LIMIT * mask.size:
+        # objects whose boxes overlap a lot (long diagonal structures): one transform is faster
+        return ndi.distance_transform_edt(mask)
+    dist = np.zeros(mask.shape, np.float64)
+    for k, (r0, r1, c0, c1) in enumerate(boxes, start=1):
+        own = comp[r0:r1, c0:c1] == k
+        # other objects in the box count as background: their pixels are never the nearest
+        dist[r0:r1, c0:c1][own] = ndi.distance_transform_edt(own)[own]
+    return dist
 
 
 def _maxima(
@@ -177,12 +266,24 @@ def _maxima(
     closer than ``min_distance`` (Chebyshev) to a higher one dropped; at most ``max_peaks``.
     """
     size = 2 * int(max(1, min_distance)) + 1
-    peaks = (score == ndi.maximum_filter(score, size=size, mode="nearest")) & allowed
+    peaks = np.zeros(score.shape, bool)
+    for r0, r1, lo, hi in _bands(score.shape[0], size // 2):
+        top = ndi.maximum_filter(score[lo:hi], size=size, mode="nearest")[r0 - lo : r1 - lo]
+        peaks[r0:r1] = score[r0:r1] == top
+    peaks &= allowed
     # plateaus give several equal maxima: keep one per connected plateau
     lab, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
     if n == 0:
         return np.zeros((0, 2), dtype=np.float64)
-    centres = np.asarray(ndi.center_of_mass(peaks, lab, np.arange(1, n + 1)), dtype=np.float64).reshape(-1, 2)
+    # centre of mass of each plateau from its pixels only (as ndi.center_of_mass, without
+    # whole-image float64 coordinate grids)
+    rr, cc = np.nonzero(peaks)
+    which = lab[rr, cc]
+    count = np.bincount(which, minlength=n + 1)[1:].astype(np.float64)
+    centres = np.stack(
+        [np.bincount(which, rr.astype(np.float64), n + 1)[1:] / count, np.bincount(which, cc.astype(np.float64), n + 1)[1:] / count],
+        axis=1,
+    )
     rows = np.clip(np.round(centres[:, 0]).astype(int), 0, score.shape[0] - 1)
     cols = np.clip(np.round(centres[:, 1]).astype(int), 0, score.shape[1] - 1)
     if centre_inside:
