@@ -231,14 +231,23 @@ def test_a_prompt_on_an_object_inside_an_encoded_window_is_decoded_there(disk_mo
     drain(s.embeddings_job([wide]))
     assert s.encoded_windows() == [wide]
     n = len(model.encoded_shapes)
-    for prompts in (Prompts(boxes_xyxy=[[88, 98, 112, 122]]), Prompts([[130, 110]], [1])):
-        s.clear_preview()
-        assert s.missing_embeddings(prompts) == []
-        pred = s.predict(prompts)
-        assert pred.objects[0].window == wide and len(model.encoded_shapes) == n
+    box = Prompts(boxes_xyxy=[[88, 98, 112, 122]])
+    assert s.missing_embeddings(box) == []
+    pred = s.predict(box)
+    assert pred.objects[0].window == wide and len(model.encoded_shapes) == n
+    # a click's first stage is decoded there too; its box stage wants the window a box gets
+    click = Prompts([[130, 110]], [1])
+    s.clear_preview()
+    assert s.missing_embeddings(click) == []
+    with pytest.raises(EmbeddingNotReady) as need:
+        s.predict(click)
+    (box_window,) = need.value.windows
+    assert box_window != wide and len(model.encoded_shapes) == n
     # an object near the window's border or outside it needs its own window
     assert s.missing_embeddings(Prompts(boxes_xyxy=[[338, 238, 362, 262]])) != []
     assert s.missing_embeddings(Prompts(boxes_xyxy=[[126, 98, 151, 122]])) != []
+    drain(s.embeddings_job([box_window]))
+    assert s.predict(click).objects[0].window == box_window
 
 
 def test_a_click_window_grows_while_the_mask_reaches_its_border(disk_model):

@@ -58,6 +58,7 @@ from .core.decoding import (
     EmbeddingNotReady,
     ObjectPreview,
     click_box,
+    click_box_windows,
     decode_prompts,
     object_window,
 )
@@ -578,35 +579,43 @@ class AnnotationSession:
 
         def run():
             yield Progress(0, 0, "Finding objects to pre-encode")
-            windows = self._cover_plane_objects(generation, centre_rc)[:max_windows]
+            planned = self._cover_plane_objects(generation, centre_rc)[:max_windows]
             encoded = 0
-            for k, window in enumerate(windows):
-                if generation != self._generation:
-                    break
-                if window is not None and not self.is_cached(window):
-                    yield from self._embedding_gen(self.embedding_key(window), window, generation, self._model)
-                    encoded += 1
-                yield Progress(k + 1, len(windows), f"Pre-encoded {k + 1} of {len(windows)} object window(s)")
+            for k, (window, points_xy) in enumerate(planned):
+                # the cover window (a click's first stage), then the box windows of its objects'
+                # first masks (the second stage), so that a click there is decode-only
+                todo = [window]
+                while todo:
+                    if generation != self._generation:
+                        return encoded
+                    current = todo.pop(0)
+                    if current is not None and not self.is_cached(current):
+                        yield from self._embedding_gen(self.embedding_key(current), current, generation, self._model)
+                        encoded += 1
+                    if current == window:
+                        todo = [w for w in click_box_windows(self.decode_context(), points_xy, window) if w != window]
+                yield Progress(k + 1, len(planned), f"Pre-encoded the objects of {k + 1} of {len(planned)} window(s)")
             return encoded
 
         return run()
 
-    def _cover_plane_objects(self, generation: int, centre_rc) -> list[Window | None]:
-        """Windows that fit the plane's detected objects (planned once per generation), nearest ``centre_rc`` first."""
+    def _cover_plane_objects(self, generation: int, centre_rc) -> list[tuple[Window, np.ndarray]]:
+        """Windows that fit the plane's detected objects with their ``(x, y)`` seeds (planned once per
+        generation), nearest ``centre_rc`` first."""
         planned = self._object_windows
         if planned is None or planned[0] != generation:
             image = self._normalized_plane(generation)
-            seeds = find_seeds(image)
+            seeds_xy = find_seeds(image)[:, ::-1].reshape(-1, 2)
             ctx = self.decode_context()
-            boxes = np.array([click_box(ctx, c, r)[0] for r, c in seeds]).reshape(-1, 4)
-            windows = cover_objects(boxes, self.image_hw, ctx.reuse_scale, min_side=CLICK_WINDOW_MIN)[0] if len(boxes) else []
-            planned = (generation, [ctx.plane_or(w) for w in windows])
+            boxes = np.array([click_box(ctx, x, y)[0] for x, y in seeds_xy]).reshape(-1, 4)
+            windows, assignment = cover_objects(boxes, self.image_hw, ctx.reuse_scale, min_side=CLICK_WINDOW_MIN) if len(boxes) else ([], [])
+            pairs = [(ctx.plane_or(w), seeds_xy[np.asarray(assignment) == j]) for j, w in enumerate(windows)]
+            planned = (generation, [(w, pts) for w, pts in pairs if w is not None])
             with self._lock:
                 if generation == self._generation:
                     self._object_windows = planned
-        windows = [w for w in planned[1] if w is not None]
         cy, cx = (np.asarray(centre_rc, float) if centre_rc is not None else np.asarray(self.image_hw) / 2.0)[:2]
-        return sorted(windows, key=lambda w: math.hypot((w[0] + w[1]) / 2.0 - cy, (w[2] + w[3]) / 2.0 - cx))
+        return sorted(planned[1], key=lambda p: math.hypot((p[0][0] + p[0][1]) / 2.0 - cy, (p[0][2] + p[0][3]) / 2.0 - cx))
 
     def segment_seeds_job(
         self,

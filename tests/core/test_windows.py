@@ -77,3 +77,15 @@ def test_square_window_is_shifted_into_the_plane_and_reaches_border():
     mask[10:20, 10:20] = True
     assert not reaches_border(mask, (0, 40, 0, 40), HW)  # touches only the image border side
     assert reaches_border(mask, (15, 55, 0, 40), HW)
+
+
+def test_as_trained_needs_the_training_scale_and_centring():
+    from napari_sam_micro.core.windows import as_trained
+
+    box = [100, 100, 119, 119]  # 20 px, centre 109.5
+    assert as_trained(box, (90, 130, 90, 130), HW)  # 2 x, centred
+    assert not as_trained(box, (80, 140, 80, 140), HW)  # 3 x: fits, but not a training scale
+    assert not as_trained(box, (94, 134, 94, 134), HW)  # 2 x, centre 4 px (> 0.15 x 20) off
+    assert as_trained(box, (92, 132, 92, 132), HW)  # 2 px off: within the jitter
+    # shifted by the plane's border, as the plugin's own windows are
+    assert as_trained([0, 100, 19, 119], (90, 130, 0, 40), HW)

@@ -30,7 +30,7 @@ from .masks import mask_to_box_xyxy, stability_score
 from .model_api import Embedding, PromptableModel
 from .preprocess import prompt_window
 from .prompts import ObjectPrompt
-from .windows import REUSE_SCALE_RANGE, Window, covers_plane, fits, reuse_window, square_window
+from .windows import BOX_STAGE_CENTRE_JITTER, BOX_STAGE_SCALE_RANGE, REUSE_SCALE_RANGE, Window, as_trained, covers_plane, fits, reuse_window, square_window
 
 __all__ = [
     "EmbeddingNotReady",
@@ -41,6 +41,7 @@ __all__ = [
     "decode_object",
     "decode_click",
     "decode_clicks_in_window",
+    "click_box_windows",
     "click_box",
     "CLICK_WINDOW_FACTOR",
     "CLICK_WINDOW_MIN",
@@ -370,10 +371,16 @@ def _padded_box(preview: ObjectPreview, hw: tuple[int, int]) -> np.ndarray:
 
 
 def _box_stage_window(ctx: DecodeContext, box: np.ndarray, window: Window | None) -> Window | None:
-    """Where a click's second stage is decoded: its own window when the box fits there, else reuse or a box window."""
-    if window is None or fits(box, window, ctx.hw, ctx.reuse_scale):
+    """Where a click's second stage is decoded: the window a box prompt gets, or an encoded window
+    (the click's own included) that is nearly it (:data:`~napari_sam_micro.core.windows.BOX_STAGE_SCALE_RANGE`,
+    :data:`~napari_sam_micro.core.windows.BOX_STAGE_CENTRE_JITTER`). The box stage sets the final mask."""
+
+    def near(w):
+        return w is not None and as_trained(box, w, ctx.hw, BOX_STAGE_SCALE_RANGE, BOX_STAGE_CENTRE_JITTER)
+
+    if window is None or near(window):
         return window
-    reused = reuse_window(box, ctx.encoded(), ctx.hw, ctx.reuse_scale)
+    reused = reuse_window(box, [w for w in ctx.encoded() if near(w)], ctx.hw, BOX_STAGE_SCALE_RANGE)
     if reused is not None:
         return reused
     return ctx.plane_or(prompt_window(box, ctx.hw, scale=ctx.window_scale, min_size=ctx.window_min))
@@ -388,8 +395,9 @@ def decode_click(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, c
        mask reaches a border of the window that is not the image's, the window is doubled (at most
        ``CLICK_WINDOW_GROWTH`` times).
     2. The first mask's bounding box (padded by ``CLICK_BOX_PAD``) plus the points, decoded in the
-       same window when the box fits it (:func:`~napari_sam_micro.core.windows.fits`: one window
-       per click), else in an encoded window that fits or the window a box prompt gets.
+       same window when it is a window the models were trained on for that box
+       (:func:`~napari_sam_micro.core.windows.as_trained`: one window per click), else in an
+       encoded window that fits or the window a box prompt gets.
 
     Raises :class:`EmbeddingNotReady` for a window still to encode.
     """
@@ -411,6 +419,25 @@ def decode_click(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, c
     window2 = _box_stage_window(ctx, box, window)
     second = decode_object(ctx, boxed, window2, ctx.get_embedding(window2))
     return replace(second, kind=obj.kind)
+
+
+def click_box_windows(ctx: DecodeContext, points_xy: np.ndarray, window: Window | None) -> list[Window | None]:
+    """The second-stage windows single clicks at ``points_xy`` would need after stage 1 in ``window``.
+
+    One batched decoder call (no encoding beyond ``window``): what pre-encoding encodes so that a
+    later click on these objects is decode-only. Clicks whose first mask is empty or reaches the
+    window's border are left out.
+    """
+    emb = ctx.get_embedding(window)
+    off = _offset(window)
+    pts = np.asarray(points_xy, np.float64).reshape(-1, 2)
+    coords = (pts - off[None])[:, None, :].astype(np.float32)
+    out = ctx.model.decode(emb, point_coords=coords, point_labels=np.ones((len(pts), 1), np.int32), multimask_output=True)
+    needed = []
+    for prev in previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, ["points"] * len(pts)):
+        if prev.crop.any() and not (window is not None and prev.touches_window_border()):
+            needed.append(_box_stage_window(ctx, _padded_box(prev, ctx.hw), window))
+    return list(dict.fromkeys(needed))
 
 
 def decode_clicks_in_window(
