@@ -445,10 +445,12 @@ def decode_clicks_in_window(
 ) -> list[ObjectPreview | None]:
     """Single positive clicks decoded together in one window: two batched decoder calls.
 
-    Stage 1 decodes every click (three masks each, ``choose`` picks one); stage 2 decodes each
-    first mask's padded box plus its click in the same window. A click whose first mask is empty,
-    or whose box does not fit the window (:func:`~napari_sam_micro.core.windows.fits`), gets None:
-    the caller decodes it alone with :func:`decode_click`.
+    Stage 1 decodes every click in ``window`` (three masks each, ``choose`` picks one); stage 2
+    decodes each first mask's padded box plus its click where a click's box stage goes (the window a
+    box gets, or an encoded one nearly it: often ``window`` itself), one batched call per window;
+    the box windows still to encode are asked for together (:class:`EmbeddingNotReady`). A click
+    whose first mask is empty or reaches the window's border gets None: the caller decodes it
+    alone with :func:`decode_click`.
 
     Parameters
     ----------
@@ -468,24 +470,28 @@ def decode_clicks_in_window(
     labels = np.ones((len(pts), 1), np.int32)
     out = ctx.model.decode(emb, point_coords=coords, point_labels=labels, multimask_output=True)
     first = previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, ["points"] * len(pts), choose)
-    keep, boxes = [], []
+    keep, boxes, stage2 = [], [], []
     for b, prev in enumerate(first):
-        if not prev.crop.any():
+        if not prev.crop.any() or (window is not None and prev.touches_window_border()):
             continue
         box = _padded_box(prev, ctx.hw)
-        if window is not None and (prev.touches_window_border() or not fits(box, window, ctx.hw, ctx.reuse_scale)):
-            continue
         keep.append(b)
         boxes.append(box)
+        stage2.append(_box_stage_window(ctx, box, window))
+    missing = [w for w in dict.fromkeys(stage2) if not ctx.is_ready(w)]
+    if missing:  # the box windows of this window's objects: encoded together, then decoded again
+        raise EmbeddingNotReady(missing)
     result: list[ObjectPreview | None] = [None] * len(pts)
-    if not keep:
-        return result
-    boxes_w = (np.asarray(boxes) - np.tile(off, 2)[None]).astype(np.float32)
-    out2 = ctx.model.decode(emb, point_coords=coords[keep], point_labels=labels[keep], boxes=boxes_w, multimask_output=False)
-    for b, prev in zip(keep, previews(ctx, window, emb, out2.low_res_logits, out2.iou_predictions, ["points"] * len(keep))):
-        result[b] = prev
+    for window2 in dict.fromkeys(stage2):
+        rows = [k for k, w in enumerate(stage2) if w == window2]
+        emb2, off2 = ctx.get_embedding(window2), _offset(window2)
+        clicks = (pts[[keep[k] for k in rows]] - off2[None])[:, None, :].astype(np.float32)
+        boxes_w = (np.asarray([boxes[k] for k in rows]) - np.tile(off2, 2)[None]).astype(np.float32)
+        out2 = ctx.model.decode(emb2, point_coords=clicks, point_labels=labels[: len(rows)], boxes=boxes_w, multimask_output=False)
+        done = previews(ctx, window2, emb2, out2.low_res_logits, out2.iou_predictions, ["points"] * len(rows))
+        for k, prev in zip(rows, done):
+            result[keep[k]] = prev
     return result
-
 
 def _points_as_boxes(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, emb: Embedding) -> ObjectPreview:
     """Decode a click prompt on a box-only model: candidate boxes around it, one batched call."""

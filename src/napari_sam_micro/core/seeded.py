@@ -16,7 +16,7 @@ no mask covers (:func:`~napari_sam_micro.core.seeds.uncovered_seeds`,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from .seeds import (
     resolve_seeded_masks,
     uncovered_seeds,
 )
-from .windows import EVERYTHING_SCALE_RANGE, Window, cover_objects, reuse_window
+from .windows import Window, cover_objects, reuse_window
 
 __all__ = ["SeededSegmentation", "seeded_segmentation_job", "decode_seeds_job", "with_embeddings"]
 
@@ -129,7 +129,8 @@ def decode_seeds_job(ctx: DecodeContext, seeds_rc, encode: Encoder, choose=None,
     seeds = np.asarray(seeds_rc, np.float64).reshape(-1, 2)
     points_xy = seeds[:, ::-1]
     n = len(seeds)
-    ctx = replace(ctx, reuse_scale=EVERYTHING_SCALE_RANGE)
+    # seeds share windows only at the prompts' reuse scale (up to 3 x): at 4 x the pooled F1 on
+    # 15 held-out images fell from 0.862 to 0.852
     results: list[ObjectPreview | None] = [None] * n
     if ctx.clicks_in_windows or not ctx.crop_to_prompt:
         windows, assignment = _plan(ctx, points_xy) if ctx.crop_to_prompt else ([None], np.zeros(n, np.intp))
