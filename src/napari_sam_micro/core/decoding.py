@@ -30,7 +30,7 @@ from .masks import mask_to_box_xyxy, stability_score
 from .model_api import Embedding, PromptableModel
 from .preprocess import prompt_window
 from .prompts import ObjectPrompt
-from .windows import BOX_STAGE_CENTRE_JITTER, BOX_STAGE_SCALE_RANGE, REUSE_SCALE_RANGE, Window, as_trained, covers_plane, fits, reuse_window, square_window
+from .windows import BOX_STAGE_CENTRE_JITTER, BOX_STAGE_SCALE_RANGE, REUSE_SCALE_RANGE, Window, as_trained, covers_plane, reuse_window, square_window
 
 __all__ = [
     "EmbeddingNotReady",
