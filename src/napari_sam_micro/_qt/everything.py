@@ -46,14 +46,13 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from ..core.automatic import AmgParams, AmgResult, CandidateSet, generate_candidates
+from ..core.automatic import AmgParams, AmgResult, CandidateSet, generate_candidates, labels_from_result
 from ..core.cache import content_digest, embedding_key
 from ..core.errors import UserInputError
 from ..core.preprocess import PreprocessConfig, normalize_image
 from ..core.progress import Progress
-from ..core.seeds import find_seeds
 from ..models.registry import available_models, default_model_name, get_spec
-from ..session import AnnotationSession, SeededSegmentation
+from ..segmentation import EverythingOptions, EverythingResult, everything_job
 from .._napari.features import set_object_table
 from .._napari.layers import META_KEY, current_plane_index, image_geometry, layer_meta, plane_data
 from .._napari.state import ViewerState, embedding_model_id
@@ -79,37 +78,6 @@ class _Run:
     geometry: object
     index: tuple[int, ...]
     model_name: str
-
-
-def labels_from_result(result: AmgResult, min_area: int = 0) -> tuple[np.ndarray, dict]:
-    """Non-overlapping label image and object table of an automatic-segmentation result.
-
-    Parameters
-    ----------
-    result : AmgResult
-        From :meth:`CandidateSet.filter`.
-    min_area : int
-        Objects with fewer painted pixels are removed (0 keeps all).
-
-    Returns
-    -------
-    labels : (H, W) uint32
-        Ids ``1..K`` by decreasing predicted IoU; where objects overlap the higher predicted IoU
-        wins.
-    table : dict of str to list
-        :data:`~napari_sam_micro.core.labels.OBJECT_COLUMNS` (+ ``point_x``, ``point_y``) per id.
-    """
-    labels = result.to_label_image()
-    table = result.object_table()
-    if min_area > 0 and table["index"]:
-        areas = np.asarray(table["area"])
-        keep = np.flatnonzero(areas >= int(min_area))
-        lut = np.zeros(len(areas) + 1, dtype=np.uint32)
-        lut[np.asarray(table["index"])[keep]] = np.arange(1, keep.size + 1, dtype=np.uint32)
-        labels = lut[labels]
-        table = {c: [v[k] for k in keep] for c, v in table.items()}
-        table["index"] = list(range(1, keep.size + 1))
-    return labels, table
 
 
 def find_everything_layer(viewer, image_name: str, shape: tuple[int, ...]) -> Labels | None:
@@ -236,7 +204,7 @@ class EverythingWidget(QWidget):
         self.worker = None
         self._run: _Run | None = None
         self.result: AmgResult | None = None
-        self.seeded: SeededSegmentation | None = None
+        self.seeded: EverythingResult | None = None
         self.output_layer: Labels | None = None
 
         # -- inputs ------------------------------------------------------------------------
@@ -479,16 +447,14 @@ class EverythingWidget(QWidget):
 
     def _seeds_job(self, model_name, plane, config, min_distance):
         model = yield from self.state.models.get_job(model_name)
-        yield Progress(0, 0, "Finding object centres")
-        session = AnnotationSession(
-            model, self.state.cache, config, model_id=embedding_model_id(model_name), **AnnotationSession.options_for(get_spec(model_name))
+        options = EverythingOptions(mode=MODE_SEEDS, min_distance=int(min_distance))
+        result = yield from everything_job(
+            model, plane, get_spec(model_name), preprocess=config, options=options,
+            cache=self.state.cache, model_id=embedding_model_id(model_name),
         )
-        session.set_image(plane)
-        seeds = find_seeds(normalize_image(plane, config), min_distance=int(min_distance))
-        result = yield from session.segment_seeds_job(seeds)
         return result
 
-    def _on_seeded(self, result: SeededSegmentation, target) -> None:
+    def _on_seeded(self, result: EverythingResult, target) -> None:
         image_layer, geometry, index, model_name = target
         run = _Run(None, image_layer, geometry, index, model_name)
         self._run = None

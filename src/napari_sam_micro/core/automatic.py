@@ -53,6 +53,7 @@ from .model_api import Embedding, PromptableModel
 from .progress import Job, Progress
 
 __all__ = [
+    "labels_from_result",
     "AmgParams",
     "MODEL_RUN_FIELDS",
     "FILTER_FIELDS",
@@ -1107,3 +1108,34 @@ def automatic_segmentation(model: PromptableModel, image: np.ndarray, params: Am
     """:func:`generate_candidates` then :meth:`CandidateSet.filter` with the same ``params``."""
     candidates = yield from generate_candidates(model, image, params, **kwargs)
     return candidates.filter(params or AmgParams())
+
+
+def labels_from_result(result: AmgResult, min_area: int = 0) -> tuple[np.ndarray, dict]:
+    """Non-overlapping label image and object table of an automatic-segmentation result.
+
+    Parameters
+    ----------
+    result : AmgResult
+        From :meth:`CandidateSet.filter`.
+    min_area : int
+        Objects with fewer painted pixels are removed (0 keeps all).
+
+    Returns
+    -------
+    labels : (H, W) uint32
+        Ids ``1..K`` by decreasing predicted IoU; where objects overlap the higher predicted IoU
+        wins.
+    table : dict of str to list
+        :data:`~napari_sam_micro.core.labels.OBJECT_COLUMNS` (+ ``point_x``, ``point_y``) per id.
+    """
+    labels = result.to_label_image()
+    table = result.object_table()
+    if min_area > 0 and table["index"]:
+        areas = np.asarray(table["area"])
+        keep = np.flatnonzero(areas >= int(min_area))
+        lut = np.zeros(len(areas) + 1, dtype=np.uint32)
+        lut[np.asarray(table["index"])[keep]] = np.arange(1, keep.size + 1, dtype=np.uint32)
+        labels = lut[labels]
+        table = {c: [v[k] for k in keep] for c, v in table.items()}
+        table["index"] = list(range(1, keep.size + 1))
+    return labels, table

@@ -1,0 +1,182 @@
+"""Everything mode on one plane: the one high-level function the widgets, the CLI and the Python API run.
+
+:func:`everything_job` takes a raw plane (any dtype, grey / RGB / channels last), normalises it the
+way the Annotator does, and segments it with the model's best automatic mode:
+
+* **seeds** for 256-px models that decode clicks in windows (``micro-tiny``, LiteMedSAM): one
+  click per detected object centre, many per encoded window
+  (:func:`~napari_sam_micro.core.seeded.seeded_segmentation_job` through an
+  :class:`~napari_sam_micro.session.AnnotationSession`, so the windows, runtime and cache are the
+  Annotator's);
+* **grid** for SAM's ViT models: SAM's automatic mask generator
+  (:func:`~napari_sam_micro.core.automatic.generate_candidates`, then the filters of
+  :class:`~napari_sam_micro.core.automatic.AmgParams`).
+
+Tiling of large planes, the ``segment`` CLI and the notebook API build on this function; it holds
+no state between calls except what the embedding cache keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .core.automatic import AmgParams, CandidateSet, generate_candidates, labels_from_result
+from .core.cache import EmbeddingCache, content_digest, embedding_key
+from .core.errors import UserInputError
+from .core.model_api import PromptableModel
+from .core.preprocess import PreprocessConfig, normalize_image
+from .core.progress import Job, Progress
+from .core.seeds import SEED_IOU_FLOOR, find_seeds
+from .session import AnnotationSession
+
+__all__ = ["MODE_SEEDS", "MODE_GRID", "EverythingOptions", "EverythingResult", "everything_job", "everything_mode_for"]
+
+MODE_SEEDS = "seeds"
+MODE_GRID = "grid"
+
+
+@dataclass(frozen=True)
+class EverythingOptions:
+    """Settings of one everything-mode run.
+
+    Parameters
+    ----------
+    mode : {"auto", "seeds", "grid"}
+        ``auto``: seeds where the model supports them (see :func:`everything_mode_for`), else grid.
+    min_distance : int
+        Seeds mode: object centres at least this many pixels apart (about the smallest radius).
+    iou_floor, nms_thresh, fill_holes, keep_largest, refill
+        Seeds mode: see :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`.
+    min_area : int
+        Objects with fewer pixels are dropped (both modes).
+    grid : AmgParams
+        Grid mode: SAM's automatic mask generator settings and filters.
+    """
+
+    mode: str = "auto"
+    min_distance: int = 5
+    iou_floor: float = SEED_IOU_FLOOR
+    nms_thresh: float = 0.5
+    fill_holes: bool = True
+    keep_largest: bool = True
+    min_area: int = 10
+    refill: bool = True
+    grid: AmgParams = field(default_factory=AmgParams)
+
+    def __post_init__(self):
+        if self.mode not in ("auto", MODE_SEEDS, MODE_GRID):
+            raise UserInputError(f"Everything mode must be 'auto', 'seeds' or 'grid', not {self.mode!r}.")
+        if int(self.min_distance) < 1:
+            raise UserInputError("The seed spacing (min distance) must be at least 1 pixel.")
+        if int(self.min_area) < 0:
+            raise UserInputError("The smallest object area cannot be negative.")
+
+
+@dataclass(frozen=True, eq=False)
+class EverythingResult:
+    """Objects found on one plane.
+
+    Parameters
+    ----------
+    labels : (H, W) uint32
+        Instance ids ``1..K``, 0 = background.
+    table : dict of str to list
+        One row per id (:data:`~napari_sam_micro.core.labels.OBJECT_COLUMNS`: ``index``, ``area``,
+        ``predicted_iou``, ``stability``, bbox, prompt ...).
+    mode : str
+        The mode that ran (``seeds`` or ``grid``).
+    seeds_rc : (N, 2) float64
+        Seeds mode: the detected object centres, ``(row, col)``.
+    refill_rc : (M, 2) float64
+        Seeds mode: the second pass's seeds in foreground no mask covered, ``(row, col)``.
+    windows_encoded : int
+        Seeds mode: window embeddings computed (cache hits not counted).
+    candidates : CandidateSet or None
+        Grid mode: every candidate the model run kept, for re-filtering without the model.
+    """
+
+    labels: np.ndarray
+    table: dict
+    mode: str
+    seeds_rc: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
+    refill_rc: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
+    windows_encoded: int = 0
+    candidates: CandidateSet | None = None
+
+
+def everything_mode_for(spec, mode: str = "auto") -> str:
+    """The mode a model runs: seeds where its spec allows (``spec.seeded_everything``), else grid.
+
+    Raises
+    ------
+    UserInputError
+        ``mode="seeds"`` for a model that cannot decode seeds in windows.
+    """
+    can_seed = bool(getattr(spec, "seeded_everything", False))
+    if mode == MODE_SEEDS and not can_seed:
+        raise UserInputError(f"The model '{spec.name}' has no seeds mode; use the grid mode.")
+    if mode == "auto":
+        return MODE_SEEDS if can_seed else MODE_GRID
+    return mode
+
+
+def everything_job(
+    model: PromptableModel,
+    plane: np.ndarray,
+    spec,
+    *,
+    preprocess: PreprocessConfig | None = None,
+    options: EverythingOptions | None = None,
+    cache: EmbeddingCache | None = None,
+    model_id: str | None = None,
+) -> Job[EverythingResult]:
+    """Segment every object of one plane; a job (yields :class:`Progress`, returns :class:`EverythingResult`).
+
+    Parameters
+    ----------
+    model : PromptableModel
+        A loaded model (e.g. from :func:`~napari_sam_micro.models.registry.load_model`).
+    plane : (H, W), (H, W, 3) or (H, W, C) array
+        Raw pixels, any numeric dtype; rows first. RGB must be said in ``preprocess``.
+    spec : ModelSpec
+        The model's registry entry (decides the mode and how prompts are decoded).
+    preprocess : PreprocessConfig, optional
+        Normalisation (percentiles, channel, RGB); default ``PreprocessConfig()``.
+    options : EverythingOptions, optional
+    cache : EmbeddingCache, optional
+        Embeddings are looked up and kept there (a new one per call by default).
+    model_id : str, optional
+        Identity of the model's embeddings in cache keys; default ``spec.embedding_id``.
+    """
+    options = options or EverythingOptions()
+    config = preprocess or PreprocessConfig()
+    mode = everything_mode_for(spec, options.mode)
+    model_id = model_id or spec.embedding_id
+    cache = cache if cache is not None else EmbeddingCache()
+    if mode == MODE_GRID:
+        return (yield from _grid_job(model, plane, config, options, cache, model_id))
+    yield Progress(0, 0, "Finding object centres")
+    session = AnnotationSession(model, cache, config, model_id=model_id, **AnnotationSession.options_for(spec))
+    session.set_image(plane)
+    seeds = find_seeds(normalize_image(plane, config), min_distance=int(options.min_distance))
+    res = yield from session.segment_seeds_job(
+        seeds,
+        iou_floor=options.iou_floor,
+        nms_thresh=options.nms_thresh,
+        fill_holes=options.fill_holes,
+        keep_largest=options.keep_largest,
+        min_area=options.min_area,
+        refill=options.refill,
+    )
+    return EverythingResult(res.labels, res.table, MODE_SEEDS, res.seeds_rc, res.refill_rc, res.windows_encoded)
+
+
+def _grid_job(model, plane, config, options, cache, model_id) -> Job[EverythingResult]:
+    key = embedding_key(content_digest(plane), model_id, config.key())
+    yield Progress(0, 0, "Normalising the image")
+    image = normalize_image(plane, config)
+    candidates = yield from generate_candidates(model, image, options.grid, cache=cache, cache_key=key)
+    labels, table = labels_from_result(candidates.filter(options.grid), options.min_area)
+    return EverythingResult(labels, table, MODE_GRID, candidates=candidates)
