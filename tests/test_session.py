@@ -386,7 +386,7 @@ def test_segment_seeds_job_second_pass_segments_foreground_left_without_a_seed(d
 
 
 def test_predict_job_encodes_every_stage_and_the_plane_job_measures_object_sizes(disk_model, monkeypatch):
-    import napari_sam_micro.session as session_module
+    import napari_sam_micro.embeddings as session_module
 
     calls = []
     original = session_module.typical_diameter

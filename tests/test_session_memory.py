@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_sam_micro import session as session_module
+from napari_sam_micro.core import memory as memory_module
 from napari_sam_micro.core import seeds
 from napari_sam_micro.core.errors import ImageError
 from napari_sam_micro.core.labels import object_row
@@ -203,7 +203,7 @@ def test_a_click_on_a_large_plane_stays_within_the_guards_estimate(disk_model):
 
 # -- the free-memory guard ------------------------------------------------------------------------
 def test_a_plane_that_does_not_fit_in_free_memory_is_refused_with_a_message(monkeypatch, disk_model):
-    monkeypatch.setattr(session_module, "_available_memory", lambda: 300 * 2**20)
+    monkeypatch.setattr(memory_module, "available_memory", lambda: 300 * 2**20)
     s = AnnotationSession(disk_model(12), crop_to_prompt=True)
     s.set_image(np.zeros((4096, 3000), np.uint8))  # choosing it costs nothing yet
     with pytest.raises(ImageError) as err:
@@ -213,7 +213,7 @@ def test_a_plane_that_does_not_fit_in_free_memory_is_refused_with_a_message(monk
     assert "Crop" in text and "downsample" in text
     assert s.has_image and s.preview is None  # nothing half-done
     # with enough memory the same plane is annotated
-    monkeypatch.setattr(session_module, "_available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(memory_module, "available_memory", lambda: 64 * 2**30)
     assert drain(s.predict_job(Prompts([[100.0, 100.0]], [1]))).objects
 
 
@@ -221,18 +221,18 @@ def test_the_guard_reads_psutil_and_is_skipped_without_it(monkeypatch):
     psutil = pytest.importorskip("psutil")
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=10 * 2**20))
     with pytest.raises(ImageError, match="10 MB is free"):
-        session_module.check_memory((2000, 2000))
-    monkeypatch.setattr(session_module, "_available_memory", lambda: None)
-    session_module.check_memory((100000, 100000))  # unknown free memory: no check
+        memory_module.check_memory((2000, 2000))
+    monkeypatch.setattr(memory_module, "available_memory", lambda: None)
+    memory_module.check_memory((100000, 100000))  # unknown free memory: no check
 
 
 def test_a_whole_plane_encoder_is_refused_before_the_three_channel_copy(monkeypatch, tiny_model):
     s = AnnotationSession(tiny_model, crop_to_prompt=False)
     s.set_image(np.zeros((2048, 2048), np.uint16))
-    need = session_module.ENCODE_BYTES_PER_PIXEL * 2048 * 2048 + session_module.MEMORY_MARGIN_BYTES
-    monkeypatch.setattr(session_module, "_available_memory", lambda: need - 1)
+    need = memory_module.ENCODE_BYTES_PER_PIXEL * 2048 * 2048 + memory_module.MEMORY_MARGIN_BYTES
+    monkeypatch.setattr(memory_module, "available_memory", lambda: need - 1)
     with pytest.raises(ImageError, match="2048 × 2048"):
         s.compute_embedding()
     assert s.embedding is None
-    monkeypatch.setattr(session_module, "_available_memory", lambda: need)
+    monkeypatch.setattr(memory_module, "available_memory", lambda: need)
     assert s.compute_embedding().original_size == (2048, 2048)

@@ -42,12 +42,13 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from psygnal import Signal
 
-from .core.cache import EmbeddingCache, content_digest, embedding_key
+from .core.cache import EmbeddingCache
+from .core.commit_plan import CommitItem, plan_commit
 from .core.decoding import (
     CLICK_BOX_PAD,
     CLICK_WINDOW_FACTOR,
@@ -62,16 +63,16 @@ from .core.decoding import (
     decode_prompts,
     object_window,
 )
-from .core.errors import ImageError, PromptError, UserInputError
-from .core.labels import next_free_id, object_row
+from .core.errors import ImageError, PromptError
+from .core.memory import PEAK_BYTES_PER_PIXEL, check_memory
 from .core.model_api import Embedding, PromptableModel
-from .core.object_size import click_diameter, click_neighbourhood, object_polarity, typical_diameter
-from .core.preprocess import PlaneNormalizer, PreprocessConfig, to_rgb
+from .core.preprocess import PreprocessConfig
 from .core.progress import Job, Progress, drain
 from .core.prompts import Prompts, object_prompts
 from .core.seeded import SeededSegmentation, seeded_segmentation_job, with_embeddings
 from .core.seeds import SEED_IOU_FLOOR, find_seeds
 from .core.windows import Window, cover_objects
+from .embeddings import ENCODE_BATCH, PlaneEmbeddings
 
 __all__ = [
     "AnnotationSession",
@@ -86,73 +87,10 @@ __all__ = [
     "CLICK_WINDOW_GROWTH",
     "CLICK_BOX_PAD",
     "POINT_BOX_FRACTIONS",
+    "ENCODE_BATCH",
+    "PEAK_BYTES_PER_PIXEL",
+    "check_memory",
 ]
-
-#: Windows encoded together in one call by models that have ``encode_batch`` (a runtime that gains from batches).
-ENCODE_BATCH = 4
-
-#: Peak bytes per image pixel of annotating a grey plane (normalising it, measuring its objects'
-#: scale, a click, a commit), measured by ``benchmarks/bench_memory.py`` (about 21) and rounded up;
-#: the plane itself (the user's) not counted.
-PEAK_BYTES_PER_PIXEL = 24
-
-#: The same for RGB and multichannel planes (their normalised plane keeps three channels; about 29).
-PEAK_BYTES_PER_PIXEL_COLOUR = 32
-
-#: Bytes per pixel of handing the whole plane to an encoder (normalised, then its three-channel float32 copy).
-ENCODE_BYTES_PER_PIXEL = 16
-
-#: Allowance for everything that does not grow with the plane (model input, embedding, decoder).
-MEMORY_MARGIN_BYTES = 256 * 2**20
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory free for this process, or None when it cannot be known (no psutil)."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    try:
-        return int(psutil.virtual_memory().available)
-    except Exception:  # an unsupported platform: no check rather than no annotation
-        return None
-
-
-def check_memory(hw: Sequence[int], bytes_per_pixel: float = PEAK_BYTES_PER_PIXEL) -> None:
-    """Refuse a plane whose processing would not fit in the memory that is free.
-
-    Skipped when the free memory cannot be known (psutil missing).
-
-    Parameters
-    ----------
-    hw : (int, int)
-        ``(H, W)`` of the plane.
-    bytes_per_pixel : float
-        What the step needs per pixel: :data:`PEAK_BYTES_PER_PIXEL` (or ``_COLOUR``) for annotating
-        the plane, :data:`ENCODE_BYTES_PER_PIXEL` for handing it whole to an encoder.
-
-    Raises
-    ------
-    ImageError
-        Estimated need (``bytes_per_pixel`` x H x W + :data:`MEMORY_MARGIN_BYTES`) above the free memory.
-    """
-    free = _available_memory()
-    if free is None:
-        return
-    h, w = int(hw[0]), int(hw[1])
-    need = int(bytes_per_pixel * h * w) + MEMORY_MARGIN_BYTES
-    if need <= free:
-        return
-    raise ImageError(
-        f"This image plane is too large for the memory that is free: {w} × {h} pixels "
-        f"({h * w / 1e6:.0f} megapixels) needs about {_gb(need)} to segment, but only {_gb(free)} is free. "
-        "Crop the image to the region you want to annotate, downsample it (e.g. bin 2 × 2), or close "
-        "other programs, then choose the image again."
-    )
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
 @dataclass(frozen=True)
@@ -182,26 +120,6 @@ class Prediction:
             sub[obj.crop & (sub == 0)] = k + 1
         return out
 
-
-@dataclass(frozen=True, eq=False)
-class CommitItem:
-    """One object to write into a labels array.
-
-    Parameters
-    ----------
-    indices : tuple of (P,) intp arrays
-        One per labels axis (leading plane indices, rows, cols): for ``Labels.data_setitem``.
-    label_id : int
-    row : dict
-        Object-table row (:data:`~napari_sam_micro.core.labels.OBJECT_COLUMNS`).
-    object_index : int
-        Position of the object in the prediction.
-    """
-
-    indices: tuple
-    label_id: int
-    row: dict = field(default_factory=dict)
-    object_index: int = 0
 
 
 class AnnotationSession:
@@ -255,24 +173,17 @@ class AnnotationSession:
         window_min: int = 64,
         points_as_boxes: bool = False,
     ):
-        self._lock = threading.Lock()
-        self._model = model
-        self._model_id = model_id or model.name
         self.cache = cache if cache is not None else EmbeddingCache()
-        self._preprocess = preprocess or PreprocessConfig()
         self.crop_to_prompt = bool(crop_to_prompt)
         self.window_scale = float(window_scale)
         self.window_min = int(window_min)
         self.points_as_boxes = bool(points_as_boxes)
-        self._generation = 0
-        self._plane: np.ndarray | None = None
-        self._digest: str | None = None
-        self._normalized: tuple[int, PlaneNormalizer] | None = None
-        self._scale: tuple[int, tuple[float, float | None]] | None = None  # (generation, _object_scale())
+        self._planes = PlaneEmbeddings(model, self.cache, preprocess or PreprocessConfig(), model_id or model.name)
+        self._planes.measure_scale = self._clicks_in_windows
         self._embedding: Embedding | None = None
         self._preview: Prediction | None = None
-        self._windows: dict[str, dict[Window, None]] = {}  # plane key -> windows encoded for it
         self._object_windows: tuple[int, list] | None = None  # (generation, pre-encoding plan)
+        self._plan_lock = threading.Lock()
 
     @staticmethod
     def options_for(spec) -> dict:
@@ -293,31 +204,42 @@ class AnnotationSession:
     # -- state ---------------------------------------------------------------------------
     @property
     def model(self) -> PromptableModel:
-        return self._model
+        return self._planes.model
 
     @property
     def model_id(self) -> str:
-        return self._model_id
+        return self._planes.model_id
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return self._preprocess
+        return self._planes.preprocess
 
     @property
     def generation(self) -> int:
         """Incremented by every change of image, model or preprocessing."""
-        return self._generation
+        return self._planes.generation
+
+    @property
+    def _generation(self) -> int:
+        return self._planes.generation
+
+    @property
+    def _plane(self) -> np.ndarray | None:
+        return self._planes.plane
+
+    @property
+    def plane_embeddings(self) -> PlaneEmbeddings:
+        """The plane's :class:`~napari_sam_micro.embeddings.PlaneEmbeddings` (normalisation, windows, encoding)."""
+        return self._planes
 
     @property
     def has_image(self) -> bool:
-        return self._plane is not None
+        return self._planes.plane is not None
 
     @property
     def image_hw(self) -> tuple[int, int]:
         """``(H, W)`` of the current plane."""
-        if self._plane is None:
-            raise ImageError("No image plane is set.")
-        return int(self._plane.shape[0]), int(self._plane.shape[1])
+        return self._planes.hw
 
     @property
     def embedding(self) -> Embedding | None:
@@ -330,9 +252,10 @@ class AnnotationSession:
         return self._preview
 
     def _bump(self) -> None:
-        with self._lock:
-            self._generation += 1
-            self._normalized = None
+        self._planes.bump()
+        self._changed()
+
+    def _changed(self) -> None:
         had_embedding = self._embedding is not None
         self._embedding = None
         self._preview = None
@@ -365,22 +288,16 @@ class AnnotationSession:
         plane = np.asarray(plane)
         if plane.ndim not in (2, 3) or plane.shape[0] < 1 or plane.shape[1] < 1:
             raise ImageError(f"Expected a 2D image plane (optionally with channels last), got shape {plane.shape}.")
-        config = preprocess or self._preprocess
-        digest = content_digest(plane)
-        if digest == self._digest and config == self._preprocess and self._plane is not None:
+        if not self._planes.set_plane(plane, preprocess or self._planes.preprocess):
             return False
-        self._plane = plane
-        self._digest = digest
-        self._preprocess = config
-        self._bump()
+        self._changed()
         self._adopt_cached()
         return True
 
     def reset(self) -> None:
         """Forget the current plane (the image changed or is no longer shown); bumps the generation."""
-        self._plane = None
-        self._digest = None
-        self._bump()
+        self._planes.set_plane(None, self._planes.preprocess)
+        self._changed()
 
     def set_model(
         self,
@@ -391,64 +308,39 @@ class AnnotationSession:
         points_as_boxes: bool | None = None,
     ) -> None:
         """Switch model (the plane stays; its embedding for the new model may be cached)."""
-        self._model = model
-        self._model_id = model_id or model.name
+        self._planes.model = model
+        self._planes.model_id = model_id or model.name
         if crop_to_prompt is not None:
             self.crop_to_prompt = bool(crop_to_prompt)
         if points_as_boxes is not None:
             self.points_as_boxes = bool(points_as_boxes)
+        self._planes.measure_scale = self._clicks_in_windows
         self._bump()
         self._adopt_cached()
 
     def _adopt_cached(self) -> None:
-        if self._plane is None:
+        if self._planes.plane is None:
             return
         emb = self.cache.get(self.embedding_key())
         if emb is not None:
             self._embedding = emb
             self.embedding_changed.emit(emb)
 
-    # -- embeddings ----------------------------------------------------------------------
+    # -- embeddings (see PlaneEmbeddings) ---------------------------------------------------
     def embedding_key(self, window: Window | None = None) -> str:
         """Cache key of the current plane's embedding (``window`` = a crop of it)."""
-        if self._digest is None:
-            raise ImageError("No image plane is set.")
-        extra = "" if window is None else "crop=" + ",".join(str(int(v)) for v in window)
-        return embedding_key(self._digest, self._model_id, self._preprocess.key(), extra)
+        return self._planes.key(window)
 
     def is_cached(self, window: Window | None = None) -> bool:
         """Whether the (crop) embedding of the current plane is in the cache."""
-        return self.embedding_key(window) in self.cache
-
-    def _normalizer(self, generation: int | None = None) -> PlaneNormalizer:
-        """The current plane's :class:`~napari_sam_micro.core.preprocess.PlaneNormalizer` (measured once per generation)."""
-        with self._lock:
-            gen = self._generation if generation is None else generation
-            cached = self._normalized
-            plane, config = self._plane, self._preprocess
-        if cached is not None and cached[0] == gen:
-            return cached[1]
-        if plane is None:
-            raise ImageError("No image plane is set.")
-        normalizer = PlaneNormalizer(plane, config)
-        with self._lock:
-            if self._generation == gen:
-                self._normalized = (gen, normalizer)
-        return normalizer
+        return self._planes.is_cached(window)
 
     def _normalized_plane(self, generation: int | None = None) -> np.ndarray:
-        """The whole current plane normalised, for the steps that need all of it (object scale, seeds).
+        return self._planes.normalized_plane(generation)
 
-        Not kept: windows are normalised on their own (:meth:`_crop`), so that no whole-plane copy
-        stays in memory. ``(H, W)`` float32 for grey planes, else ``(H, W, 3)``; see
-        :func:`~napari_sam_micro.core.preprocess.normalize_plane`. Refused (:func:`check_memory`)
-        when annotating the plane would not fit in the free memory.
-        """
-        normalizer = self._normalizer(generation)
-        check_memory(normalizer.hw, PEAK_BYTES_PER_PIXEL if normalizer.grey else PEAK_BYTES_PER_PIXEL_COLOUR)
-        return normalizer.crop()
+    def _object_scale(self, generation: int | None = None) -> tuple[float, float | None]:
+        return self._planes.object_scale(generation)
 
-    # -- embeddings ------------------------------------------------------------------------
     def embedding_job(self, window: Window | None = None) -> Job[Embedding]:
         """Encode the current plane (or a crop of it); cached.
 
@@ -464,90 +356,15 @@ class AnnotationSession:
         -------
         Embedding
         """
-        if self._plane is None:
-            raise ImageError("Choose an image before computing its embedding.")
-        key = self.embedding_key(window)
-        return self._embedding_gen(key, window, self._generation, self._model)
-
-    def _embedding_gen(self, key, window, generation, model):
-        embedding = self.cache.get(key)
-        if embedding is not None:
-            yield Progress(1, 1, "Embedding found in cache")
-        else:
-            what = "the image" if window is None else "the prompt window"
-            yield Progress(0, 3, f"Preparing {what}")
-            image = self._crop(window, generation)
-            yield Progress(1, 3, f"Encoding {what} with {model.name}")
-            embedding = model.encode(image)
-            self.cache.put(key, embedding)
-            yield Progress(3, 3, "Embedding ready")
-        self._note_window(window, generation)
-        if window is None and self._clicks_in_windows and generation == self._generation:
-            # the first click's window needs the objects' scale: measured here, off the GUI thread
-            try:
-                self._object_scale(generation)
-            except ImageError:  # the plane went away meanwhile: its embedding is stale anyway
-                pass
-        return embedding
-
-    def _crop(self, window: Window | None, generation: int) -> np.ndarray:
-        """The encoder's ``(h, w, 3)`` float32 input: the window normalised on its own, or the whole plane."""
-        normalizer = self._normalizer(generation)
-        if window is None:
-            check_memory(normalizer.hw, ENCODE_BYTES_PER_PIXEL)
-        return to_rgb(normalizer.crop(window))
-
-    def _note_window(self, window: Window | None, generation: int) -> None:
-        if window is not None and generation == self._generation:
-            with self._lock:
-                self._windows.setdefault(self.embedding_key(), {})[tuple(window)] = None
+        return self._planes.embedding_job(window)
 
     def encoded_windows(self) -> list[Window]:
         """Windows of the current plane whose embeddings are in the cache (oldest first)."""
-        if self._digest is None:
-            return []
-        with self._lock:
-            known = list(self._windows.get(self.embedding_key(), {}))
-        return [w for w in known if self.is_cached(w)]
+        return self._planes.encoded_windows()
 
     def embeddings_job(self, windows: Sequence[Window | None]) -> Job[int]:
-        """Encode several windows (``None`` = whole plane); returns how many were asked for.
-
-        Models with ``encode_batch`` (a runtime that gains from batches) encode up to
-        :data:`ENCODE_BATCH` missing windows per call; cached ones cost nothing.
-        """
-        windows = list(dict.fromkeys(windows))
-        generation, model = self._generation, self._model
-        batched = hasattr(model, "encode_batch")
-
-        def run():
-            todo = [w for w in windows if not self.is_cached(w)]
-            plain = [w for w in todo if w is None or not batched]
-            crops = [w for w in todo if w is not None and batched]
-            total = max(1, len(todo))
-            done = 0
-            for window in plain:
-                yield from self._embedding_gen(self.embedding_key(window), window, generation, model)
-                done += 1
-                yield Progress(done, total, f"{done} of {total} window(s) encoded")
-            for start in range(0, len(crops), ENCODE_BATCH):
-                chunk = crops[start : start + ENCODE_BATCH]
-                if generation != self._generation:
-                    raise ImageError("The image changed while its windows were being encoded.")
-                yield Progress(done, total, f"Encoding {len(chunk)} window(s) with {model.name}")
-                embeddings = model.encode_batch([self._crop(w, generation) for w in chunk])
-                for window, emb in zip(chunk, embeddings):
-                    self.cache.put(self.embedding_key(window), emb)
-                    self._note_window(window, generation)
-                done += len(chunk)
-                yield Progress(done, total, f"{done} of {total} window(s) encoded")
-            for window in windows:
-                if window is None or not self.is_cached(window):
-                    continue
-                self._note_window(window, generation)
-            return len(windows)
-
-        return run()
+        """Encode several windows (``None`` = whole plane), batched where the model gains; returns how many were asked for."""
+        return self._planes.embeddings_job(windows)
 
     def preencode_job(self, centre_rc: Sequence[float] | None = None, max_windows: int = 200) -> Job[int]:
         """Encode the windows around the plane's detected objects, nearest ``centre_rc`` first.
@@ -590,7 +407,7 @@ class AnnotationSession:
                         return encoded
                     current = todo.pop(0)
                     if current is not None and not self.is_cached(current):
-                        yield from self._embedding_gen(self.embedding_key(current), current, generation, self._model)
+                        yield from self._planes.ensure_job(current, generation)
                         encoded += 1
                     if current == window:
                         todo = [w for w in click_box_windows(self.decode_context(), points_xy, window) if w != window]
@@ -611,7 +428,7 @@ class AnnotationSession:
             windows, assignment = cover_objects(boxes, self.image_hw, ctx.reuse_scale, min_side=CLICK_WINDOW_MIN) if len(boxes) else ([], [])
             pairs = [(ctx.plane_or(w), seeds_xy[np.asarray(assignment) == j]) for j, w in enumerate(windows)]
             planned = (generation, [(w, pts) for w, pts in pairs if w is not None])
-            with self._lock:
+            with self._plan_lock:
                 if generation == self._generation:
                     self._object_windows = planned
         cy, cx = (np.asarray(centre_rc, float) if centre_rc is not None else np.asarray(self.image_hw) / 2.0)[:2]
@@ -662,8 +479,7 @@ class AnnotationSession:
         )
 
     def _check_generation(self, generation: int) -> None:
-        if generation != self._generation:
-            raise ImageError("The image changed while it was being segmented.")
+        self._planes.check_generation(generation)
 
     def accept_embedding(self, embedding: Embedding, generation: int) -> bool:
         """Make ``embedding`` (of the whole plane) current unless the image changed since ``generation``.
@@ -697,7 +513,7 @@ class AnnotationSession:
     def decode_context(self) -> DecodeContext:
         """The :class:`~napari_sam_micro.core.decoding.DecodeContext` of the current plane."""
         return DecodeContext(
-            model=self._model,
+            model=self._planes.model,
             hw=self.image_hw,
             get_embedding=self._get_embedding,
             is_ready=self._is_ready,
@@ -705,7 +521,7 @@ class AnnotationSession:
             points_as_boxes=self.points_as_boxes,
             window_scale=self.window_scale,
             window_min=self.window_min,
-            click_diameter=self._click_diameter,
+            click_diameter=self._planes.click_diameter,
             encoded=self.encoded_windows,
         )
 
@@ -795,37 +611,6 @@ class AnnotationSession:
         generation = self._generation
         return with_embeddings(lambda: self.predict(prompts), self.embeddings_job, lambda: self._check_generation(generation))
 
-    def _click_diameter(self, x: float, y: float) -> float:
-        """Object diameter (pixels) estimated under a click at ``(x, y)``, kept near the plane's typical one."""
-        polarity, typical = self._object_scale()
-        # only the neighbourhood the estimate reads is normalised (same result as on the whole plane)
-        h, w = self.image_hw
-        r, c = int(np.clip(round(float(y)), 0, h - 1)), int(np.clip(round(float(x)), 0, w - 1))
-        y0, y1, x0, x1 = click_neighbourhood((h, w), r, c)
-        diameter = click_diameter(self._normalizer().crop((y0, y1, x0, x1)), r - y0, c - x0, polarity)
-        if typical is not None:
-            diameter = float(np.clip(diameter, typical / 2.0, typical * 2.0))
-        return diameter
-
-    def _object_scale(self, generation: int | None = None) -> tuple[float, float | None]:
-        """``(polarity, typical diameter or None)`` of the plane's objects (once per generation).
-
-        See :func:`~napari_sam_micro.core.object_size.object_polarity` and
-        :func:`~napari_sam_micro.core.object_size.typical_diameter`. The whole-plane embedding job
-        computes it in its worker, so that the first click does not wait for it.
-        """
-        gen = self._generation if generation is None else generation
-        cached = self._scale
-        if cached is not None and cached[0] == gen:
-            return cached[1]
-        image = self._normalized_plane(gen)
-        polarity = object_polarity(image)
-        value = (polarity, typical_diameter(image, polarity))
-        with self._lock:
-            if self._generation == gen:
-                self._scale = (gen, value)
-        return value
-
     # -- commit --------------------------------------------------------------------------
     def commit_plan(
         self,
@@ -861,52 +646,7 @@ class AnnotationSession:
             Nothing to commit.
         """
         prediction = prediction if prediction is not None else self._preview
-        if prediction is None or not prediction.objects:
-            raise PromptError("There is no mask to commit: add a point or a box first.")
-        leading = tuple(int(i) for i in leading)
-        if len(leading) != labels.ndim - 2:
-            raise ValueError(f"labels of shape {labels.shape} need {labels.ndim - 2} leading indices, got {leading}")
-        hw = tuple(int(s) for s in labels.shape[-2:])
-        image_hw = prediction.objects[0].plane_hw
-        if hw != image_hw:
-            raise ImageError(
-                f"The labels layer plane is {hw[1]} × {hw[0]} pixels but the image is {image_hw[1]} × {image_hw[0]}."
-            )
-        # read only the region the masks touch (a lazy volume is never loaded whole); masks are
-        # taken in that region only (no whole-plane array per object)
-        boxes = [b for b in (obj.bbox() for obj in prediction.objects) if b is not None]
-        r0, c0 = (min(b[0] for b in boxes), min(b[1] for b in boxes)) if boxes else (0, 0)
-        r1, c1 = (max(b[2] for b in boxes), max(b[3] for b in boxes)) if boxes else (0, 0)
-        region = (slice(r0, r1), slice(c0, c1))
-        plane = np.array(labels[(*leading, *region)], copy=True)
-        if isinstance(labels, np.ndarray):
-            next_id = next_free_id(labels)
-        else:  # lazy arrays reduce chunk by chunk (dask), else plane by plane
-            top = labels.max() if hasattr(labels, "max") else max((np.asarray(p).max() for p in labels), default=0)
-            next_id = max(int(top.compute() if hasattr(top, "compute") else top), 0) + 1
-        items = []
-        for k, obj in enumerate(prediction.objects):
-            mask = obj.region(r0, r1, c0, c1)
-            sel = mask if overwrite else mask & (plane == 0)
-            if not sel.any():
-                continue
-            label_id = next_id
-            if np.issubdtype(labels.dtype, np.integer) and label_id > np.iinfo(labels.dtype).max:
-                raise UserInputError(
-                    f"The labels layer is full: its data type ({labels.dtype}) cannot hold label {label_id}. "
-                    "Convert it to a larger type (e.g. uint32) to add more objects."
-                )
-            next_id += 1
-            plane[sel] = label_id
-            rr, cc = np.nonzero(sel)
-            rr, cc = rr + r0, cc + c0
-            indices = (*(np.full(rr.shape, i, dtype=np.intp) for i in leading), rr.astype(np.intp), cc.astype(np.intp))
-            row = object_row(label_id, sel, obj.predicted_iou, obj.stability, obj.kind)
-            for key, shift in (("bbox_y0", r0), ("bbox_x0", c0), ("bbox_y1", r0), ("bbox_x1", c0)):
-                row[key] += shift  # region frame → plane
-            items.append(CommitItem(indices=indices, label_id=label_id, row=row, object_index=k))
-        return items
-
+        return plan_commit(prediction.objects if prediction is not None else (), labels, overwrite, leading)
 
 def _done(value):
     """A job that yields nothing and returns ``value``."""
