@@ -405,3 +405,44 @@ def test_predict_job_encodes_every_stage_and_the_plane_job_measures_object_sizes
     assert len(calls) == 1  # the click found it measured
     assert len(model.encoded_shapes) == 2  # the plane, then the click's one window
     assert pred.objects[0].mask[100, 100] and pred.objects[0].window is not None
+
+
+def _three_blobs(shape=(240, 300)):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, 100, np.uint16)
+    centres = [(60, 70), (170, 220), (60, 230)]
+    for r, c in centres:
+        img[(yy - r) ** 2 + (xx - c) ** 2 <= 12**2] = 3000
+    return img, centres
+
+
+def test_preencode_job_makes_clicks_on_the_plane_objects_decode_only(disk_model):
+    model = disk_model(radius=12)
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    img, centres = _three_blobs()
+    s.set_image(img)
+    s.compute_embedding()
+    reports = []
+    encoded = drain(s.preencode_job(centre_rc=centres[1]), reports.append)
+    assert encoded >= 1 and len(model.encoded_shapes) == encoded + 1  # + the plane
+    assert reports[-1].done == reports[-1].total  # every planned window done
+    # the window nearest the given centre came first (the second encode; the first was the plane)
+    first = s.encoded_windows()[0]
+    assert first[0] <= centres[1][0] <= first[1] and first[2] <= centres[1][1] <= first[3]
+    before = len(model.encoded_shapes)
+    for r, c in centres:
+        pred = s.predict(Prompts([[float(c), float(r)]], [1]))  # raises EmbeddingNotReady if not pre-encoded
+        assert pred.objects[0].mask[r, c]
+    assert len(model.encoded_shapes) == before
+    assert drain(s.preencode_job()) == 0  # all done: nothing more to encode
+
+
+def test_preencode_job_stops_when_the_image_changes(disk_model):
+    model = disk_model(radius=12)
+    s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+    img, _ = _three_blobs()
+    s.set_image(img)
+    job = s.preencode_job()
+    next(job)  # planning starts
+    s.set_image(img[::-1].copy())
+    assert drain(job) == 0

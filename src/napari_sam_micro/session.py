@@ -39,7 +39,6 @@ cannot match the new image).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,8 +57,6 @@ from .core.decoding import (
     DecodeContext,
     EmbeddingNotReady,
     ObjectPreview,
-    click_box,
-    click_box_windows,
     decode_prompts,
     object_window,
 )
@@ -67,11 +64,11 @@ from .core.errors import ImageError, PromptError
 from .core.memory import PEAK_BYTES_PER_PIXEL, check_memory
 from .core.model_api import Embedding, PromptableModel
 from .core.preprocess import PreprocessConfig
+from .core.preencode import nearest_first, plan_object_windows, preencode_windows_job
 from .core.progress import Job, Progress, drain
 from .core.prompts import Prompts, object_prompts
 from .core.seeded import SeededSegmentation, seeded_segmentation_job, with_embeddings
-from .core.seeds import SEED_IOU_FLOOR, find_seeds
-from .core.windows import Window, cover_objects
+from .core.windows import Window
 from .embeddings import ENCODE_BATCH, PlaneEmbeddings
 
 __all__ = [
@@ -396,55 +393,20 @@ class AnnotationSession:
 
         def run():
             yield Progress(0, 0, "Finding objects to pre-encode")
-            planned = self._cover_plane_objects(generation, centre_rc)[:max_windows]
-            encoded = 0
-            for k, (window, points_xy) in enumerate(planned):
-                # the cover window (a click's first stage), then the box windows of its objects'
-                # first masks (the second stage), so that a click there is decode-only
-                todo = [window]
-                while todo:
-                    if generation != self._generation:
-                        return encoded
-                    current = todo.pop(0)
-                    if current is not None and not self.is_cached(current):
-                        yield from self._planes.ensure_job(current, generation)
-                        encoded += 1
-                    if current == window:
-                        todo = [w for w in click_box_windows(self.decode_context(), points_xy, window) if w != window]
-                yield Progress(k + 1, len(planned), f"Pre-encoded the objects of {k + 1} of {len(planned)} window(s)")
-            return encoded
+            ctx = self.decode_context()
+            planned = self._object_windows
+            if planned is None or planned[0] != generation:
+                planned = (generation, plan_object_windows(ctx, self._normalized_plane(generation)))
+                with self._plan_lock:
+                    if generation == self._generation:
+                        self._object_windows = planned
+            order = nearest_first(planned[1], centre_rc, self.image_hw)[:max_windows]
+            encode = lambda window: self._planes.ensure_job(window, generation)  # noqa: E731
+            return (yield from preencode_windows_job(ctx, order, encode, lambda: generation == self._generation))
 
         return run()
 
-    def _cover_plane_objects(self, generation: int, centre_rc) -> list[tuple[Window, np.ndarray]]:
-        """Windows that fit the plane's detected objects with their ``(x, y)`` seeds (planned once per
-        generation), nearest ``centre_rc`` first."""
-        planned = self._object_windows
-        if planned is None or planned[0] != generation:
-            image = self._normalized_plane(generation)
-            seeds_xy = find_seeds(image)[:, ::-1].reshape(-1, 2)
-            ctx = self.decode_context()
-            boxes = np.array([click_box(ctx, x, y)[0] for x, y in seeds_xy]).reshape(-1, 4)
-            windows, assignment = cover_objects(boxes, self.image_hw, ctx.reuse_scale, min_side=CLICK_WINDOW_MIN) if len(boxes) else ([], [])
-            pairs = [(ctx.plane_or(w), seeds_xy[np.asarray(assignment) == j]) for j, w in enumerate(windows)]
-            planned = (generation, [(w, pts) for w, pts in pairs if w is not None])
-            with self._plan_lock:
-                if generation == self._generation:
-                    self._object_windows = planned
-        cy, cx = (np.asarray(centre_rc, float) if centre_rc is not None else np.asarray(self.image_hw) / 2.0)[:2]
-        return sorted(planned[1], key=lambda p: math.hypot((p[0][0] + p[0][1]) / 2.0 - cy, (p[0][2] + p[0][3]) / 2.0 - cx))
-
-    def segment_seeds_job(
-        self,
-        seeds_rc,
-        *,
-        iou_floor: float = SEED_IOU_FLOOR,
-        nms_thresh: float = 0.5,
-        fill_holes: bool = True,
-        keep_largest: bool = True,
-        min_area: int = 10,
-        refill: bool = True,
-    ) -> Job[SeededSegmentation]:
+    def segment_seeds_job(self, seeds_rc, **options) -> Job[SeededSegmentation]:
         """Seeded everything mode on the current plane: :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`.
 
         Windows are encoded (and cached) in this job; the preview is not touched.
@@ -453,12 +415,9 @@ class AnnotationSession:
         ----------
         seeds_rc : (N, 2) array-like
             ``(row, col)`` object centres on the current plane (e.g. :func:`~napari_sam_micro.core.seeds.find_seeds`).
-        iou_floor, nms_thresh, fill_holes, keep_largest, min_area, refill
-            See :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`.
-
-        Returns
-        -------
-        Job[SeededSegmentation]
+        **options
+            ``iou_floor``, ``nms_thresh``, ``fill_holes``, ``keep_largest``, ``min_area``, ``refill``:
+            see :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`.
         """
         if self._plane is None:
             raise ImageError("Choose an image before segmenting it.")
@@ -470,12 +429,7 @@ class AnnotationSession:
             self.embeddings_job,
             generation=generation,
             check=lambda: self._check_generation(generation),
-            iou_floor=iou_floor,
-            nms_thresh=nms_thresh,
-            fill_holes=fill_holes,
-            keep_largest=keep_largest,
-            min_area=min_area,
-            refill=refill,
+            **options,
         )
 
     def _check_generation(self, generation: int) -> None:
