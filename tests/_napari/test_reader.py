@@ -174,3 +174,24 @@ def test_scale_of_the_wrong_dimensionality_is_ignored(tmp_path):
     write_labels(tmp_path / "b.tif", labels, layer_info={"name": "b", "scale": [1.0, 2.0, 3.0]})
     (_, kwargs, _), = read_labels_layer(str(tmp_path / "b.tif"))
     assert "scale" not in kwargs and "features" not in kwargs
+
+
+def test_a_reopened_output_layer_is_adopted_by_the_annotator(tmp_path):
+    """The restored metadata is what ``find_plugin_layer`` looks for: no duplicate 'SAM labels' layer."""
+    from napari_sam_micro._napari.layers import ensure_plugin_layers, find_plugin_layer, image_geometry
+
+    viewer = ViewerModel()
+    image = viewer.add_image(np.zeros((20, 24), np.uint16), name="cells")
+    output = ensure_plugin_layers(viewer, image, image_geometry(image)).output
+    output.data[3:6, 4:9] = 1
+    set_object_table(output, [object_row(1, output.data == 1, 0.8, 0.9, "box")])
+    data, meta, _ = output.as_layer_data_tuple()
+    write_labels_tiff(str(tmp_path / "cells_labels.tif"), data, meta)
+
+    fresh = ViewerModel()
+    image = fresh.add_image(np.zeros((20, 24), np.uint16), name="cells")
+    (back, kwargs, _), = read_labels_layer(str(tmp_path / "cells_labels.tif"))
+    reopened = fresh.add_labels(back, **kwargs)
+    assert find_plugin_layer(fresh.layers, "output", "cells", image_geometry(image)) is reopened
+    assert ensure_plugin_layers(fresh, image, image_geometry(image)).output is reopened
+    assert reopened.features["predicted_iou"].tolist() == [0.8]
