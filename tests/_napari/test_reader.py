@@ -195,3 +195,26 @@ def test_a_reopened_output_layer_is_adopted_by_the_annotator(tmp_path):
     assert find_plugin_layer(fresh.layers, "output", "cells", image_geometry(image)) is reopened
     assert ensure_plugin_layers(fresh, image, image_geometry(image)).output is reopened
     assert reopened.features["predicted_iou"].tolist() == [0.8]
+
+
+def test_a_table_left_from_an_earlier_save_is_not_attached(tmp_path):
+    """Saving a plain layer over a plugin save replaces the JSON: the old CSV is no longer taken for its table."""
+    viewer = ViewerModel()
+    layer = _annotated_layer(viewer)
+    data, meta, _ = layer.as_layer_data_tuple()
+    write_labels_npy(str(tmp_path / "a.npy"), data, meta)
+    plain = viewer.add_labels(np.asarray(layer.data), name="hand-made")  # same ids, no table
+    data, meta, _ = plain.as_layer_data_tuple()
+    assert write_labels_npy(str(tmp_path / "a.npy"), data, meta) == [str(tmp_path / "a.npy"), str(tmp_path / "a.sam-micro.json")]
+    with pytest.warns(LabelsTableWarning, match="not the objects table"):
+        (_, kwargs, _), = read_labels_layer(str(tmp_path / "a.npy"))
+    assert kwargs["name"] == "hand-made" and "features" not in kwargs
+
+
+def test_an_edited_table_is_attached_with_a_warning(tmp_path):
+    _saved(tmp_path)
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(csv_path.read_text().replace("0.8", "0.85"))
+    with pytest.warns(LabelsTableWarning, match="changed after"):
+        (_, kwargs, _), = read_labels_layer(str(tmp_path / "a.npy"))
+    assert kwargs["features"]["predicted_iou"].tolist() == [0.85, 0.7]

@@ -10,7 +10,9 @@ A file is this plugin's when, beside ``<stem>.tif`` / ``.tiff`` / ``.png`` / ``.
   ``stability_score``; files saved before the JSON existed): the layer is named after the file.
 
 The CSV becomes the layer's ``features`` (predicted IoU, stability, prompt, bounding box ... per
-label id). For any other file :func:`get_reader` returns None, so napari's own readers take it.
+label id). The JSON records the SHA-256 of the CSV saved with the image: a CSV left from an earlier
+save (the image was saved again without a table) is not attached, one edited since is attached
+with a warning. For any other file :func:`get_reader` returns None, so napari's own readers take it.
 
 A damaged or mismatched table never stops the labels from opening: the problem is reported as a
 :class:`LabelsTableWarning` (napari shows it as a notification) and the layer opens without the
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.export import SUFFIXES, read_labels, read_layer_info, read_table, table_path
+from ..core.export import SUFFIXES, read_labels, read_layer_info, read_table, table_digest, table_path
 from .layers import META_KEY
 
 __all__ = ["get_reader", "read_labels_layer", "is_plugin_labels", "LabelsTableWarning", "TABLE_MARKER_COLUMNS"]
@@ -120,19 +122,23 @@ def _read_one(path: Path) -> tuple:
             value = None
         if value is not None and len(value) == data.ndim:
             kwargs[key] = value
-    features = _features(path, data)
+    features = _features(path, data, info)
     if features is not None:
         kwargs["features"] = features
     return data, kwargs, "labels"
 
 
-def _features(path: Path, data: np.ndarray):
+def _features(path: Path, data: np.ndarray, info: dict):
     """The table beside ``path`` as a features DataFrame, rows of ids present in ``data`` only; or None."""
     from .features import table_to_frame
 
     csv_path = table_path(path)
     if not csv_path.is_file():
         return None
+    if "table_sha256" in info and info["table_sha256"] is None:
+        _warn(f"{csv_path.name} is not the objects table of {path.name} (it was saved without one); it was left out.")
+        return None
+    edited = "table_sha256" in info and table_digest(csv_path) != info["table_sha256"]
     try:
         table = read_table(csv_path)
         if "index" not in table:
@@ -143,6 +149,8 @@ def _features(path: Path, data: np.ndarray):
     except Exception as err:  # a damaged CSV raises csv, Unicode, index and value errors alike
         _warn(f"The objects table {csv_path} could not be read ({err}); {path.name} is opened without it.")
         return None
+    if edited:
+        _warn(f"The objects table {csv_path} was changed after {path.name} was saved; check that the two belong together.")
     present = np.unique(data)
     absent = ~frame["index"].isin(present[present != 0])
     if absent.any():

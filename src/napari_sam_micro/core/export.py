@@ -23,6 +23,7 @@ plugin's reader recognises a label image as its own. All files of a save are rep
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -46,6 +47,7 @@ __all__ = [
     "table_path",
     "layer_info_path",
     "read_layer_info",
+    "table_digest",
     "LAYER_FORMAT",
 ]
 
@@ -67,6 +69,14 @@ def layer_info_path(path) -> Path:
     """``<folder>/<stem>.sam-micro.json`` for an image path: the layer information beside it."""
     path = Path(path)
     return path.with_name(path.stem + ".sam-micro.json")
+
+
+def table_digest(csv_path) -> str | None:
+    """SHA-256 (hex) of a table file's bytes, or None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(csv_path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def read_layer_info(path) -> dict | None:
@@ -300,7 +310,8 @@ def write_labels(path, labels, table=None, layer_info: Mapping | None = None) ->
         Per-object table, written to ``<stem>.csv`` beside the image.
     layer_info : mapping, optional
         JSON-serialisable layer information (e.g. ``{"name": ..., "metadata": ...}``), written
-        with ``"format": LAYER_FORMAT`` to ``<stem>.sam-micro.json`` beside the image.
+        with ``"format": LAYER_FORMAT`` and ``"table_sha256"`` (the SHA-256 of the CSV written
+        now, or None without a table) to ``<stem>.sam-micro.json`` beside the image.
 
     Returns
     -------
@@ -322,10 +333,14 @@ def write_labels(path, labels, table=None, layer_info: Mapping | None = None) ->
     if suffix == ".png":
         _check_png(arr)
     sidecars: list[tuple[Path, bytes]] = []
+    csv_bytes = None
     if table is not None:
-        sidecars.append((table_path(path), _csv_text(_table_columns(table)).encode("utf-8")))
+        csv_bytes = _csv_text(_table_columns(table)).encode("utf-8")
+        sidecars.append((table_path(path), csv_bytes))
     if layer_info is not None:
         info = {"format": LAYER_FORMAT, "version": 1, **{k: v for k, v in layer_info.items() if k != "format"}}
+        # which table belongs to this image: a CSV left from an earlier save is not taken for it
+        info["table_sha256"] = hashlib.sha256(csv_bytes).hexdigest() if csv_bytes is not None else None
         sidecars.append((layer_info_path(path), json.dumps(info, indent=1, default=_json_default).encode("utf-8")))
     writer = _WRITERS[suffix]
     # All files are complete on disk before any replaces an old one; _commit rolls back the
