@@ -109,3 +109,13 @@ def test_nd_labels_give_one_image_per_plane():
     assert [img["id"] for img in coco["images"]] == [1, 2]
     assert [(a["image_id"], a["label_id"], a["area"]) for a in coco["annotations"]] == [(1, 4, 4), (2, 4, 9)]
     assert labels_to_coco(np.zeros((3, 3), np.uint8))["annotations"] == []
+
+
+def test_negative_and_huge_ids():
+    labels = np.zeros((6, 6), np.int64)
+    labels[0:2, 0:2] = -3
+    labels[3:6, 3:6] = 2**40
+    anns = labels_to_coco(labels)["annotations"]
+    assert [(a["label_id"], a["area"], a["bbox"]) for a in anns] == [(-3, 4, [0, 0, 2, 2]), (2**40, 9, [3, 3, 3, 3])]
+    for ann in anns:
+        np.testing.assert_array_equal(rle_decode(ann["segmentation"]), labels == ann["label_id"])

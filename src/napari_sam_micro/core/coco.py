@@ -25,7 +25,7 @@ import numpy as np
 
 from .polygons import mask_polygons
 
-__all__ = ["rle_encode", "rle_decode", "labels_to_coco", "object_crops", "SEGMENTATION_KINDS"]
+__all__ = ["rle_encode", "rle_decode", "labels_to_coco", "object_crops", "rows_by_id", "SEGMENTATION_KINDS"]
 
 #: Values of ``segmentation`` in :func:`labels_to_coco`.
 SEGMENTATION_KINDS = ("rle", "polygon")
@@ -103,7 +103,8 @@ def _decode_counts(text: str) -> list[int]:
     return runs
 
 
-def _rows_by_id(table: Mapping | None) -> dict[int, dict]:
+def rows_by_id(table: Mapping | None) -> dict[int, dict]:
+    """``{label id: {column: value}}`` of an object table with an ``"index"`` column (empty without one)."""
     if table is None or "index" not in table:
         return {}
     columns = {k: list(v) for k, v in table.items()}
@@ -133,13 +134,13 @@ def object_crops(plane: np.ndarray):
         return
     # find_objects lists every id up to the largest: sparse or huge ids are renumbered 1..K first
     compact = plane
-    if int(ids[-1]) > 4 * ids.size + 1024 or plane.dtype.kind not in "iu":
+    if int(ids[-1]) > 4 * ids.size + 1024 or int(ids[0]) < 0 or plane.dtype.kind not in "iu":
         compact = np.searchsorted(ids, plane).astype(np.int64) + 1
         compact[plane == 0] = 0
         slices = ndi.find_objects(compact)
         keys = range(1, ids.size + 1)
     else:
-        slices = ndi.find_objects(plane.astype(np.int64, copy=False))
+        slices = ndi.find_objects(plane)
         keys = ids.tolist()
     for label_id, key in zip(ids.tolist(), keys):
         box = slices[key - 1]
@@ -234,7 +235,7 @@ def labels_to_coco(
     if labels.ndim < 2:
         raise ValueError(f"expected (..., H, W) labels, got shape {labels.shape}")
     h, w = labels.shape[-2:]
-    rows = _rows_by_id(table)
+    rows = rows_by_id(table)
     images, annotations = [], []
     lead = labels.shape[:-2]
     for k, index in enumerate(np.ndindex(*lead) if lead else [()], start=1):

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .coco import object_crops
+from .coco import object_crops, rows_by_id
 from .polygons import mask_polygons
 
 __all__ = ["labels_to_geojson", "OBJECT_TYPES"]
@@ -89,10 +89,7 @@ def labels_to_geojson(
     labels = np.asarray(labels)
     if labels.ndim < 2:
         raise ValueError(f"expected (..., H, W) labels, got shape {labels.shape}")
-    rows: dict[int, dict] = {}
-    if table is not None and "index" in table:
-        columns = {k: list(v) for k, v in table.items()}
-        rows = {int(i): {k: v[n] for k, v in columns.items()} for n, i in enumerate(columns["index"])}
+    rows = rows_by_id(table)
     features = []
     lead = labels.shape[:-2]
     for index in np.ndindex(*lead) if lead else [()]:
