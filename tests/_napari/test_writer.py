@@ -72,7 +72,8 @@ def test_writer_functions_round_trip(tmp_path, writer, name):
     layer = _annotated_layer(viewer)
     data, meta, _ = layer.as_layer_data_tuple()
     written = writer(str(tmp_path / name), data, meta)
-    assert written == [str(tmp_path / name), str(tmp_path / "out.csv")]
+    # the image, its object table and the layer information the reader restores
+    assert written == [str(tmp_path / name), str(tmp_path / "out.csv"), str(tmp_path / "out.sam-micro.json")]
     back = read_labels(tmp_path / name)
     np.testing.assert_array_equal(back, layer.data)
     if name.endswith(".tif"):

@@ -143,25 +143,41 @@ def set_object_table(layer, table: Any, *, merge: bool = True, keep_only_present
 
 
 def _measure(labels: np.ndarray) -> pd.DataFrame:
-    """Area and 2D bounding box (last two axes) of every object in ``labels``."""
-    from scipy import ndimage
+    """Area and 2D bounding box (last two axes) of every object in ``labels``.
 
+    :func:`skimage.measure.regionprops_table` (one pass to find the objects, then each object's
+    box only); the same values as the former bincount / ``find_objects`` code and faster with
+    many objects (``benchmarks/bench_skimage.py``).
+    """
     labels = np.asarray(labels)
+    empty = pd.DataFrame({"index": np.zeros(0, np.int64), "area": np.zeros(0, np.int64)})
+    if labels.size == 0 or not labels.any():
+        return empty
+    if labels.ndim < 2 or labels.dtype.kind not in "iu" or labels.min() < 0:
+        return _measure_any(labels)
+    from skimage.measure import regionprops_table
+
+    nd = labels.ndim
+    props = regionprops_table(labels, properties=("label", "area", "bbox"))
+    frame = pd.DataFrame({"index": props["label"].astype(np.int64), "area": props["area"].astype(np.int64)})
+    # bbox-k: starts of the nd axes, then their stops; the plane is the last two axes
+    for column, key in zip(BBOX_COLUMNS, (nd - 2, nd - 1, 2 * nd - 2, 2 * nd - 1)):
+        frame[column] = props[f"bbox-{key}"].astype(np.int64)
+    return frame
+
+
+def _measure_any(labels: np.ndarray) -> pd.DataFrame:
+    """:func:`_measure` for what scikit-image does not take (1D, negative or non-integer ids)."""
     ids = np.unique(labels)
-    ids = ids[ids != 0].astype(np.int64)
-    if ids.size == 0:
-        return pd.DataFrame({"index": np.zeros(0, np.int64), "area": np.zeros(0, np.int64)})
-    if labels.ndim >= 2:
-        # find_objects wants small positive ints; remap to 1..K first.
-        compact = np.searchsorted(ids, labels.ravel()).reshape(labels.shape) + 1
-        compact[labels == 0] = 0
-        slices = ndimage.find_objects(compact)
-        area = np.bincount(compact.ravel(), minlength=ids.size + 1)[1:]
-        boxes = np.array([[s[-2].start, s[-1].start, s[-2].stop, s[-1].stop] for s in slices], dtype=np.int64)
-    else:
-        area = np.array([(labels == i).sum() for i in ids])
-        boxes = np.zeros((ids.size, 4), dtype=np.int64)
-    frame = pd.DataFrame({"index": ids, "area": area.astype(np.int64)})
+    ids = ids[ids != 0]
+    boxes = np.full((ids.size, 4), 0, dtype=np.int64)
+    areas = np.zeros(ids.size, np.int64)
+    for k, i in enumerate(ids):
+        where = np.nonzero(labels == i)
+        areas[k] = where[0].size
+        if labels.ndim >= 2:
+            boxes[k] = [where[-2].min(), where[-1].min(), where[-2].max() + 1, where[-1].max() + 1]
+    frame = pd.DataFrame({"index": ids.astype(np.int64), "area": areas})
     for k, column in enumerate(BBOX_COLUMNS):
         frame[column] = boxes[:, k]
     return frame

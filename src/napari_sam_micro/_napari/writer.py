@@ -4,7 +4,9 @@ napari calls these with ``(path, data, meta)`` when a Labels layer is saved with
 ``File > Save Selected Layers…`` (choosing "SAM Micro labels …") or
 ``viewer.layers.save(path, plugin="napari-sam-micro")``. ``meta`` is the layer state; its
 ``"features"`` (the per-object table: id, area, predicted IoU, stability, prompt, bounding box) is
-written as ``<path stem>.csv`` beside the image by :func:`napari_sam_micro.core.export.write_labels`,
+written as ``<path stem>.csv`` beside the image, and the layer's name, scale, translate and this
+plugin's metadata as ``<path stem>.sam-micro.json`` (:func:`layer_info`; what
+:mod:`napari_sam_micro._napari.reader` restores), by :func:`napari_sam_micro.core.export.write_labels`,
 which also chooses the integer type (TIFF ``uint16``, or ``uint32`` when ids exceed 65535,
 compressed), writes atomically (never a half-written file) and refuses PNG for non-2D labels.
 
@@ -24,7 +26,14 @@ import numpy as np
 
 from .features import frame_to_table, table_to_frame
 
-__all__ = ["SaveRefusedError", "write_labels_tiff", "write_labels_png", "write_labels_npy", "layer_table"]
+__all__ = [
+    "SaveRefusedError",
+    "write_labels_tiff",
+    "write_labels_png",
+    "write_labels_npy",
+    "layer_table",
+    "layer_info",
+]
 
 
 class SaveRefusedError(OSError):
@@ -47,6 +56,30 @@ def layer_table(meta: dict) -> dict[str, np.ndarray] | None:
     return frame_to_table(table_to_frame(features))
 
 
+def layer_info(meta: dict, has_table: bool, target: Path | None = None) -> dict | None:
+    """What the reader needs to restore the layer besides its data and table, or None.
+
+    ``{"name", "scale", "translate", "metadata": {META_KEY: ...}}`` for a layer of this plugin
+    (its metadata has :data:`~napari_sam_micro._napari.layers.META_KEY`), one with an object
+    table, or any layer saved over a ``target`` that has this plugin's JSON beside it (replaced,
+    so that it does not describe the old save); None otherwise (nothing is written beside a
+    plain layer's image).
+    """
+    from ..core.export import read_layer_info
+    from .layers import META_KEY
+
+    meta = meta or {}
+    ours = (meta.get("metadata") or {}).get(META_KEY)
+    if not isinstance(ours, dict) and not has_table and (target is None or read_layer_info(target) is None):
+        return None
+    info: dict[str, Any] = {"name": str(meta.get("name", ""))}
+    for key in ("scale", "translate"):
+        if meta.get(key) is not None:
+            info[key] = [float(v) for v in np.asarray(meta[key], dtype=np.float64).ravel()]
+    info["metadata"] = {META_KEY: dict(ours)} if isinstance(ours, dict) else {}
+    return info
+
+
 def _labels_array(data: Any) -> np.ndarray:
     if isinstance(data, (list, tuple)):  # multiscale: full resolution only
         data = data[0]
@@ -61,7 +94,8 @@ def _write(path: str, data: Any, meta: dict, suffixes: tuple[str, ...]) -> list[
     if target.suffix.lower() not in suffixes:
         target = target.with_name(target.name + suffixes[0])
     try:
-        written = write_labels(target, _labels_array(data), table=layer_table(meta))
+        table = layer_table(meta)
+        written = write_labels(target, _labels_array(data), table=table, layer_info=layer_info(meta, table is not None, target))
     except UserInputError as err:
         raise SaveRefusedError(f"Nothing was saved to {target}: {err}") from err
     if written is None:

@@ -15,13 +15,17 @@ Formats (chosen from the suffix)
 * ``.npy``: any dimensionality, dtype kept.
 
 The table (``dict`` of columns, or a pandas DataFrame) is written to ``<stem>.csv`` in the same
-folder.
+folder. Layer information (the plugin's layer metadata, name, scale, translate) goes to
+``<stem>.sam-micro.json`` (:data:`LAYER_FORMAT` in its ``"format"`` key): the marker by which the
+plugin's reader recognises a label image as its own. All files of a save are replaced as one set.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import os
 import shutil
@@ -41,16 +45,55 @@ __all__ = [
     "write_table",
     "write_text_atomic",
     "table_path",
+    "layer_info_path",
+    "read_layer_info",
+    "table_digest",
+    "LAYER_FORMAT",
 ]
 
 #: Suffixes :func:`write_labels` understands.
 SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 
 
+#: ``"format"`` of the layer-information JSON written beside a label image.
+LAYER_FORMAT = "napari-sam-micro labels"
+
+
 def table_path(path) -> Path:
     """``<folder>/<stem>.csv`` for an image path."""
     path = Path(path)
     return path.with_name(path.stem + ".csv")
+
+
+def layer_info_path(path) -> Path:
+    """``<folder>/<stem>.sam-micro.json`` for an image path: the layer information beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + ".sam-micro.json")
+
+
+def table_digest(csv_path) -> str | None:
+    """SHA-256 (hex) of a table file's bytes, or None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(csv_path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def read_layer_info(path) -> dict | None:
+    """The layer information written beside label image ``path``, or None.
+
+    Returns None when there is no ``<stem>.sam-micro.json``, or when it is not JSON holding an
+    object whose ``"format"`` is :data:`LAYER_FORMAT` (a foreign or damaged file).
+    """
+    info = layer_info_path(path)
+    try:
+        with open(info, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != LAYER_FORMAT:
+        return None
+    return data
 
 
 def _check_labels(labels) -> np.ndarray:
@@ -254,8 +297,8 @@ def write_table(csv_path, table) -> Path:
     return csv_path
 
 
-def write_labels(path, labels, table=None) -> list[Path]:
-    """Write a label image (and its object table) atomically.
+def write_labels(path, labels, table=None, layer_info: Mapping | None = None) -> list[Path]:
+    """Write a label image (and its object table, and layer information) atomically.
 
     Parameters
     ----------
@@ -265,11 +308,15 @@ def write_labels(path, labels, table=None) -> list[Path]:
         Integer (or bool) label image, 0 = background.
     table : dict of columns or pandas.DataFrame, optional
         Per-object table, written to ``<stem>.csv`` beside the image.
+    layer_info : mapping, optional
+        JSON-serialisable layer information (e.g. ``{"name": ..., "metadata": ...}``), written
+        with ``"format": LAYER_FORMAT`` and ``"table_sha256"`` (the SHA-256 of the CSV written
+        now, or None without a table) to ``<stem>.sam-micro.json`` beside the image.
 
     Returns
     -------
     list of Path
-        The files written (image first).
+        The files written (image first, then the table, then the layer information).
 
     Raises
     ------
@@ -285,22 +332,40 @@ def write_labels(path, labels, table=None) -> list[Path]:
     arr = _check_labels(labels)
     if suffix == ".png":
         _check_png(arr)
+    sidecars: list[tuple[Path, bytes]] = []
     csv_bytes = None
     if table is not None:
         csv_bytes = _csv_text(_table_columns(table)).encode("utf-8")
+        sidecars.append((table_path(path), csv_bytes))
+    if layer_info is not None:
+        info = {"format": LAYER_FORMAT, "version": 1, **{k: v for k, v in layer_info.items() if k != "format"}}
+        # which table belongs to this image: a CSV left from an earlier save is not taken for it
+        info["table_sha256"] = hashlib.sha256(csv_bytes).hexdigest() if csv_bytes is not None else None
+        sidecars.append((layer_info_path(path), json.dumps(info, indent=1, default=_json_default).encode("utf-8")))
     writer = _WRITERS[suffix]
-    # Both files are complete on disk before either replaces an old one; _commit rolls back the
-    # image if the table cannot replace its old version.
+    # All files are complete on disk before any replaces an old one; _commit rolls back the
+    # earlier ones if a later one cannot replace its old version.
     pairs = [(_write_temp(path, lambda fh: writer(fh, arr)), path)]
-    if csv_bytes is not None:
-        csv_path = table_path(path)
-        try:
-            pairs.append((_write_temp(csv_path, lambda fh: fh.write(csv_bytes)), csv_path))
-        except BaseException:
-            _remove(pairs[0][0])
-            raise
+    try:
+        for dest, data in sidecars:
+            pairs.append((_write_temp(dest, lambda fh, data=data: fh.write(data)), dest))
+    except BaseException:
+        for tmp, _ in pairs:
+            _remove(tmp)
+        raise
     _commit(pairs)
     return [dest for _, dest in pairs]
+
+
+def _json_default(value):
+    """numpy scalars and arrays in layer information become plain JSON numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
 
 
 def read_labels(path) -> np.ndarray:

@@ -16,9 +16,10 @@ object's size, but badly from the points of a regular grid (most land off-centre
    object, separating touching round objects), plus ``intensity_weight`` × the Gaussian-smoothed
    intensity (breaks ties on flat plateaus), then smoothed with ``sigma``.
 5. Seeds = local maxima of the score inside the foreground at least ``min_distance`` pixels apart
-   (a maximum filter of that radius), whose distance-transform value is at least ``min_radius``.
+   (a maximum filter of that radius, one peak per plateau, then a KD-tree spacing as in
+   :func:`skimage.feature.peak_local_max`), whose distance-transform value is at least ``min_radius``.
 
-Everything is pure numpy/scipy; coordinates are returned in napari order ``(row, col)``.
+numpy/scipy, with scikit-image's Otsu threshold; coordinates are returned in napari order ``(row, col)``.
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ SEED_IOU_FLOOR = 0.4
 REFILL_AREA_FRACTION = 0.25
 
 
-#: Elements per chunk where a whole-image float64 temporary is avoided.
-_CHUNK = 1 << 16
-
-
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of finite ``values`` (any shape, real dtype).
+    """Otsu's threshold of finite ``values`` (any shape, real dtype): :func:`skimage.filters.threshold_otsu`.
+
+    Non-finite values are left out first (scikit-image refuses them). On 80 DSB 2018 images the
+    seeds are identical to those of the hand-written version this replaced (the thresholds
+    differ in the eighth digit: bin centres in float32 instead of float64).
 
     Returns
     -------
@@ -65,30 +66,16 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
         The threshold maximising the between-class variance; the value itself when the input is
         constant (or NaN when there is no finite value).
     """
-    values = np.asarray(values)
-    v = values.reshape(-1)
-    # min / max are exact in the input's dtype; the histogram goes chunk by chunk in float64 (the
-    # counts add up), so no full float64 copy of a large image is made
-    finite = np.isfinite(v).all() if v.dtype.kind == "f" else True
-    if not finite:
+    from skimage.filters import threshold_otsu
+
+    v = np.asarray(values).reshape(-1)
+    if v.dtype.kind != "f":
+        v = v.astype(np.float32)  # 256 bins over the range (scikit-image gives integers one bin per value)
+    elif not np.isfinite(v).all():
         v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan")
-    lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        return lo
-    hist = np.zeros(bins, np.int64)
-    for start in range(0, v.size, _CHUNK):
-        part, edges = np.histogram(v[start : start + _CHUNK].astype(np.float64), bins=bins, range=(lo, hi))
-        hist += part
-    centres = (edges[:-1] + edges[1:]) / 2.0
-    w0 = np.cumsum(hist).astype(np.float64)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between[:-1]))])
+    return float(threshold_otsu(v, nbins=int(bins)))
 
 
 def gray_image(image: np.ndarray) -> np.ndarray:
@@ -292,14 +279,33 @@ def _maxima(
     values = score[rows, cols]
     order = np.argsort(-values, kind="stable")
     centres = centres[order]
-    # enforce min_distance between peaks coming from different plateaus of equal height
+    return centres[_spaced(centres, min_distance, max_peaks)]
+
+
+def _spaced(points: np.ndarray, min_distance: float, max_points: int | None = None) -> np.ndarray:
+    """Indices of ``points`` (``(N, 2)``, best first) kept greedily at least ``min_distance`` apart (Chebyshev).
+
+    A point is kept unless it is closer than ``min_distance`` to a point kept before it (a point
+    dropped drops nothing). The neighbours come from a KD-tree, as in
+    :func:`skimage.feature.peak_local_max`, instead of comparing every point with every kept one.
+    """
+    from scipy.spatial import cKDTree
+
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.intp)
+    near = cKDTree(points).query_ball_point(points, r=float(min_distance), p=np.inf)
+    dropped = np.zeros(len(points), bool)
     kept: list[int] = []
-    for i, c in enumerate(centres):
-        if all(np.max(np.abs(c - centres[j])) >= min_distance for j in kept):
-            kept.append(i)
-        if max_peaks is not None and len(kept) >= max_peaks:
+    for i in range(len(points)):
+        if dropped[i]:
+            continue
+        kept.append(i)
+        if max_points is not None and len(kept) >= max_points:
             break
-    return centres[kept]
+        others = np.asarray(near[i], dtype=np.intp)
+        # the ball includes points at exactly min_distance: those are far enough
+        dropped[others[np.max(np.abs(points[others] - points[i]), axis=1) < min_distance]] = True
+    return np.asarray(kept, dtype=np.intp)
 
 
 def choose_seed_mask(predicted_iou, stability, iou_floor: float = SEED_IOU_FLOOR) -> int:
