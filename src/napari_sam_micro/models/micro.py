@@ -5,7 +5,7 @@ shipped with this package replaces its prompt encoder and mask decoder and the p
 encoder the file has (its last stage and neck, or all of it; float16, no pickle; SHA-256
 :data:`WEIGHTS_SHA256`, checked before loading). How they were
 trained and how well they do: ``docs/models.md``; the training code is
-:mod:`napari_sam_micro.models.training`, driven by ``scripts/train_micro.py``.
+:mod:`napari_sam_micro.training`, driven by ``scripts/train_micro.py``.
 
 Importing this module registers the spec (only when the weights file is present); the registry
 imports it, and :func:`~napari_sam_micro.models.registry.default_model_name` then returns
@@ -25,7 +25,7 @@ from .registry import LITEMEDSAM_ENCODER_ID, ModelSpec, register
 __all__ = ["MICRO_NAME", "WEIGHTS_PATH", "WEIGHTS_SHA256", "build_micro", "tunes_image_encoder", "weights_available"]
 
 MICRO_NAME = "micro-tiny"
-#: Fine-tuned parts (float16 ``.npz``, see :func:`~napari_sam_micro.models.training.export_weights`), package data.
+#: Fine-tuned parts (float16 ``.npz``, see :func:`~napari_sam_micro.models.weights_io.export_weights`), package data.
 WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "micro-tiny.npz"
 #: SHA-256 of :data:`WEIGHTS_PATH` (also in ``weights/micro-tiny.json``).
 WEIGHTS_SHA256 = "40843353aa90ab806a5d3c3f5d8f872405dece9143dcbf3c969dbd34f18ab347"
@@ -58,7 +58,7 @@ def build_micro(checkpoint: Path | None = None, device: str = "cpu", runtime: st
     Parameters
     ----------
     checkpoint : path, optional
-        Another ``.npz`` written by :func:`napari_sam_micro.models.training.export_weights`
+        Another ``.npz`` written by :func:`napari_sam_micro.models.weights_io.export_weights`
         (not checksummed: a user's own fine-tune); default: the shipped, checksum-verified file.
     device : str
         Torch device.
@@ -74,7 +74,7 @@ def build_micro(checkpoint: Path | None = None, device: str = "cpu", runtime: st
     """
     from .device import autocast_dtype
     from .litemedsam import LiteMedSamAdapter, build_litemedsam
-    from .training import load_exported
+    from .weights_io import load_exported
 
     path = WEIGHTS_PATH if checkpoint is None else Path(checkpoint).expanduser()
     shipped = checkpoint is None
