@@ -22,7 +22,15 @@ from ..core.errors import ModelUnavailableError
 from .checkpoints import READ_ERRORS, damaged_file_error, verify_sha256
 from .registry import LITEMEDSAM_ENCODER_ID, ModelSpec, register
 
-__all__ = ["MICRO_NAME", "WEIGHTS_PATH", "WEIGHTS_SHA256", "build_micro", "tunes_image_encoder", "weights_available"]
+__all__ = [
+    "MICRO_NAME",
+    "WEIGHTS_PATH",
+    "WEIGHTS_SHA256",
+    "build_micro",
+    "build_micro_onnx",
+    "tunes_image_encoder",
+    "weights_available",
+]
 
 MICRO_NAME = "micro-tiny"
 #: Fine-tuned parts (float16 ``.npz``, see :func:`~napari_sam_micro.models.weights_io.export_weights`), package data.
@@ -112,6 +120,23 @@ def _build(checkpoint: Path | None, device: str):
     return build_micro(checkpoint, device)
 
 
+def build_micro_onnx():
+    """micro-tiny run by ONNX Runtime alone (no torch), from the graphs shipped next to the weights.
+
+    ``weights/micro-tiny.{encoder,decoder}.onnx`` were exported from :data:`WEIGHTS_PATH` by
+    ``scripts/export_onnx.py``; ``weights/micro-tiny.onnx.json`` records the weights' SHA-256 and
+    each graph's, checked here.
+
+    Raises
+    ------
+    ModelUnavailableError
+        A graph missing, damaged or exported from other weights, or onnxruntime missing.
+    """
+    from .onnx_runtime import load_shipped
+
+    return load_shipped(WEIGHTS_PATH.parent, MICRO_NAME, WEIGHTS_SHA256, MICRO_NAME)
+
+
 if weights_available():
     register(
         ModelSpec(
@@ -124,6 +149,7 @@ if weights_available():
             description="LiteMedSAM fine-tuned on DSB2018 nuclei and "
             "Usiigaci phase-contrast cells; offline, fast on CPU.",
             builder=_build,
+            onnx_builder=build_micro_onnx,
             # embeddings equal LiteMedSAM's (shared in caches) unless the image encoder is tuned; then
             # they belong to these weights (a disk cache must not serve an older release's)
             encoder_id=_encoder_id(),
