@@ -1,0 +1,102 @@
+"""Decoding on an encoded window: micro-tiny's ONNX Runtime decoder against its torch decoder, same run.
+
+Two figures per runtime, on held-out DSB 2018 fluorescence images of ``../shared/data``:
+
+* **decode one box**: ``model.decode`` + ``model.upscale`` of one box prompt on its already
+  encoded window (2 x the box), the model's share of a prompt on a pre-encoded object; median over
+  objects of the best of ``--repeats`` calls, the two runtimes interleaved;
+* **pre-encoded box / click → mask**: the plugin's whole path (``AnnotationSession.predict_job``
+  after ``preencode_job``, as in ``bench_cpu.py``) for objects that pre-encoding covered.
+
+Printed in milliseconds and as the ratio ONNX / torch. Usage::
+
+    python benchmarks/bench_decoder.py [--images 1] [--objects 8] [--repeats 5]
+
+Target (issue "Fast on a laptop CPU"): a prompt on a pre-encoded object <= 80 ms here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cpu import _objects, _records, bench_preencoded  # noqa: E402
+
+
+def _best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_decode_box(models, data, n_objects, repeats):
+    """{runtime: [seconds per object]} of decode + upscale of one box on its encoded window."""
+    from napari_sam_micro.core.masks import mask_to_box_xyxy
+    from napari_sam_micro.core.preprocess import normalize_image, prompt_window
+
+    out = {name: [] for name in models}
+    for _rec, raw, labels in data:
+        image = normalize_image(raw)
+        for oid in _objects(labels, n_objects):
+            box = mask_to_box_xyxy(labels == oid).astype(np.float32)
+            y0, y1, x0, x1 = prompt_window(box, labels.shape)
+            window = np.ascontiguousarray(image[y0:y1, x0:x1])
+            local = (box - np.array([x0, y0, x0, y0], np.float32))[None]
+            for name, model in models.items():  # interleaved: both see the same machine load
+                emb = model.encode(window)
+
+                def once(model=model, emb=emb):
+                    low = model.decode(emb, boxes=local, multimask_output=False).low_res_logits
+                    return model.upscale(emb, low)
+
+                once()
+                out[name].append(_best_of(once, repeats))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1)
+    parser.add_argument("--objects", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    from napari_sam_micro.models.registry import get_spec, load_model
+
+    spec = get_spec("micro-tiny")
+    models = {
+        "torch": load_model("micro-tiny", device="cpu", runtime="torch"),
+        "onnxruntime": load_model("micro-tiny", device="cpu", runtime="onnxruntime"),
+    }
+    assert type(models["onnxruntime"]).__name__ == "OnnxSamAdapter"
+    data = _records(args.images)
+    print(f"images: {', '.join(r.key for r, _, _ in data)}")
+    rows = []
+    decode = bench_decode_box(models, data, args.objects, args.repeats)
+    rows.append(("decode one box", {k: statistics.median(v) for k, v in decode.items()}, f"n={len(decode['torch'])}"))
+    for kind in ("box", "click"):
+        per = {}
+        notes = []
+        for name, model in models.items():
+            secs, ious, share = bench_preencoded(model, spec, data, args.objects, kind)
+            per[name] = statistics.median(secs) if secs else float("nan")
+            notes.append(f"{name} IoU {np.mean(ious) if ious else float('nan'):.3f}")
+        rows.append((f"pre-encoded {kind}", per, f"{', '.join(notes)}, covered {share:.0%}"))
+    print(f"{'figure':<20}{'torch ms':>10}{'onnx ms':>10}{'onnx/torch':>12}  notes")
+    for label, per, note in rows:
+        t, o = per["torch"] * 1000, per["onnxruntime"] * 1000
+        print(f"{label:<20}{t:>10.1f}{o:>10.1f}{o / t:>12.2f}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
