@@ -5,12 +5,12 @@ Two figures per runtime, on held-out DSB 2018 fluorescence images of ``../shared
 * **decode one box**: ``model.decode`` + ``model.upscale`` of one box prompt on its already
   encoded window (2 x the box), the model's share of a prompt on a pre-encoded object; median over
   objects of the best of ``--repeats`` calls, the two runtimes interleaved;
-* **pre-encoded box / click → mask**: the plugin's whole path (``AnnotationSession.predict_job``
+* **pre-encoded box / click → mask** (``--pipeline``): the plugin's whole path (``AnnotationSession.predict_job``
   after ``preencode_job``, as in ``bench_cpu.py``) for objects that pre-encoding covered.
 
 Printed in milliseconds and as the ratio ONNX / torch. Usage::
 
-    python benchmarks/bench_decoder.py [--images 1] [--objects 8] [--repeats 5]
+    python benchmarks/bench_decoder.py [--images 1] [--objects 8] [--repeats 5] [--pipeline]
 
 Target (issue "Fast on a laptop CPU"): a prompt on a pre-encoded object <= 80 ms here.
 """
@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=1)
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pipeline", action="store_true", help="also the whole prompt path after pre-encoding (slow)")
     args = parser.parse_args(argv)
 
     from napari_sam_micro.models.registry import get_spec, load_model
@@ -80,22 +81,23 @@ def main(argv=None) -> int:
     assert type(models["onnxruntime"]).__name__ == "OnnxSamAdapter"
     data = _records(args.images)
     print(f"images: {', '.join(r.key for r, _, _ in data)}")
-    rows = []
+    print(f"{'figure':<20}{'torch ms':>10}{'onnx ms':>10}{'onnx/torch':>12}  notes", flush=True)
     decode = bench_decode_box(models, data, args.objects, args.repeats)
-    rows.append(("decode one box", {k: statistics.median(v) for k, v in decode.items()}, f"n={len(decode['torch'])}"))
-    for kind in ("box", "click"):
+    _row("decode one box", {k: statistics.median(v) for k, v in decode.items()}, f"n={len(decode['torch'])}")
+    for kind in ("box", "click") if args.pipeline else ():
         per = {}
         notes = []
         for name, model in models.items():
             secs, ious, share = bench_preencoded(model, spec, data, args.objects, kind)
             per[name] = statistics.median(secs) if secs else float("nan")
             notes.append(f"{name} IoU {np.mean(ious) if ious else float('nan'):.3f}")
-        rows.append((f"pre-encoded {kind}", per, f"{', '.join(notes)}, covered {share:.0%}"))
-    print(f"{'figure':<20}{'torch ms':>10}{'onnx ms':>10}{'onnx/torch':>12}  notes")
-    for label, per, note in rows:
-        t, o = per["torch"] * 1000, per["onnxruntime"] * 1000
-        print(f"{label:<20}{t:>10.1f}{o:>10.1f}{o / t:>12.2f}  {note}")
+        _row(f"pre-encoded {kind}", per, f"{', '.join(notes)}, covered {share:.0%}")
     return 0
+
+
+def _row(label: str, per: dict, note: str) -> None:
+    t, o = per["torch"] * 1000, per["onnxruntime"] * 1000
+    print(f"{label:<20}{t:>10.1f}{o:>10.1f}{o / t:>12.2f}  {note}", flush=True)
 
 
 if __name__ == "__main__":
