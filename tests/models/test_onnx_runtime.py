@@ -211,3 +211,41 @@ print(model.runtime, round(float((mask & disk).sum() / (mask | disk).sum()), 3),
     assert out.returncode == 0, out.stderr[-3000:]
     runtime, iou, torch_loaded = out.stdout.split()
     assert runtime == "onnxruntime" and float(iou) > 0.9 and torch_loaded == "False"
+
+
+@pytest.mark.data
+def test_the_session_gives_the_same_objects_with_either_runtime(both_adapters, shared_data):
+    """Through ``AnnotationSession.predict_job`` (windows, click stages, box stage): same masks and scores."""
+    tifffile = pytest.importorskip("tifffile")
+    from napari_sam_micro.core.cache import EmbeddingCache
+    from napari_sam_micro.core.masks import farthest_interior_point, mask_to_box_xyxy
+    from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.core.prompts import Prompts
+    from napari_sam_micro.evaluation import preprocess_config_for
+    from napari_sam_micro.models.registry import get_spec
+    from napari_sam_micro.session import AnnotationSession
+
+    _, labels, ids = _dsb_image_and_objects(shared_data, n=2)
+    root = shared_data / "dsb2018-train"
+    name = next(r["name"] for r in csv.DictReader(open(root / "index.csv"))
+                if r["modality"] == "fluorescence" and int(r["instances"]) >= 12)
+    raw = tifffile.imread(root / "images" / f"{name}.tif")
+    spec = get_spec("micro-tiny")
+    results = []
+    for model in both_adapters:
+        config = preprocess_config_for(raw)
+        session = AnnotationSession(model, EmbeddingCache(1 << 30), config, model_id=f"{spec.embedding_id}-{model.runtime}",
+                                    **AnnotationSession.options_for(spec))
+        session.set_image(raw, config)
+        session.accept_embedding(drain(session.embedding_job()), session.generation)
+        objects = []
+        for oid in ids:
+            gt = labels == oid
+            r, c, _ = farthest_interior_point(gt)
+            for prompts in (Prompts(boxes_xyxy=[mask_to_box_xyxy(gt).astype(np.float32)]), Prompts([[float(c), float(r)]], [1])):
+                session.clear_preview()
+                objects.append(drain(session.predict_job(prompts)).objects[0])
+        results.append(objects)
+    for a, b in zip(*results):
+        assert _iou(a.mask, b.mask) > 0.99
+        assert abs(a.predicted_iou - b.predicted_iou) < 0.01 and abs(a.stability - b.stability) < 0.01

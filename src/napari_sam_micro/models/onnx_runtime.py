@@ -184,6 +184,8 @@ class OnnxSamAdapter:
         Registry name.
     image_size : int
         Side of the square model input.
+    threads : int, optional
+        Intra-op threads of both sessions; default: the physical cores.
     """
 
     mask_threshold: float = 0.0
@@ -192,14 +194,14 @@ class OnnxSamAdapter:
     #: Windows per encoder call in :meth:`encode_batch` (the torch adapter's measured choice).
     ENCODE_BATCH_SIZE = 4
 
-    def __init__(self, encoder_path, decoder_path, name: str, image_size: int = 256):
+    def __init__(self, encoder_path, decoder_path, name: str, image_size: int = 256, threads: int | None = None):
         from .onnx_encoder import OnnxEncoderError, OrtImageEncoder
 
         try:
-            self._encoder = OrtImageEncoder(encoder_path)
+            self._encoder = OrtImageEncoder(encoder_path, threads)
         except OnnxEncoderError as err:
             raise ModelUnavailableError(str(err)) from err
-        self._decoder = OrtPromptDecoder(decoder_path)
+        self._decoder = OrtPromptDecoder(decoder_path, threads)
         self.name = name
         self.image_size = int(image_size)
         self.device = "cpu"
