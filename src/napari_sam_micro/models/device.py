@@ -12,15 +12,24 @@ __all__ = ["available_devices", "choose_device", "autocast_dtype"]
 _KNOWN = ("cuda", "mps", "cpu")
 
 
-def _cuda_available() -> bool:
-    import torch
+def _torch():
+    """torch, or None when it is not installed (the plain install runs on the CPU in ONNX Runtime)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
-    return bool(torch.cuda.is_available())
+
+def _cuda_available() -> bool:
+    torch = _torch()
+    return torch is not None and bool(torch.cuda.is_available())
 
 
 def _mps_available() -> bool:
-    import torch
-
+    torch = _torch()
+    if torch is None:
+        return False
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 

