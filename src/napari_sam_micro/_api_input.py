@@ -91,7 +91,13 @@ def _stepped_axes(axis, ndim: int) -> tuple[int, ...]:
     return steps
 
 
-def _guidance(shape, n_spatial: int) -> str:
+def _guidance(shape, n_spatial: int, single_plane: bool) -> str:
+    if n_spatial > 2 and single_plane:
+        return (
+            f"This takes one 2D plane, but the image has shape {tuple(shape)}, which leaves {n_spatial} axes for "
+            "rows and columns. Pass one plane (image[z]), say where the channels are (channel_axis=..., or "
+            "rgb=True for colour photographs), or segment a whole stack with segment_everything(image, axis=0)."
+        )
     if n_spatial > 2:
         return (
             f"The image has shape {tuple(shape)}, which leaves {n_spatial} axes for rows and columns. Say which "
@@ -122,7 +128,8 @@ def _check_channels(shape, channel_axis, rgb: bool, channels) -> None:
             raise ImageError(f"Channel {c} does not exist: axis {channel_axis} has {n} channels (0 to {n - 1}).")
 
 
-def image_layout(image, *, axis=None, channel_axis=None, channels=None, rgb=None, percentiles=(1.0, 99.8)) -> ImageLayout:
+def image_layout(image, *, axis=None, channel_axis=None, channels=None, rgb=None, percentiles=(1.0, 99.8),
+                 single_plane: bool = False) -> ImageLayout:
     """Check a user's image and say where its planes, rows, columns and channels are.
 
     Parameters
@@ -140,6 +147,8 @@ def image_layout(image, *, axis=None, channel_axis=None, channels=None, rgb=None
         ``channel_axis``.
     percentiles : (float, float)
         Intensity stretch of each plane (see :class:`~napari_sam_micro.core.preprocess.PreprocessConfig`).
+    single_plane : bool
+        The caller takes one plane (no ``axis``): the message for a stack says so.
 
     Raises
     ------
@@ -165,7 +174,7 @@ def image_layout(image, *, axis=None, channel_axis=None, channels=None, rgb=None
         raise ImageError("The last axis cannot be both the colour (rgb) axis and a plane axis.")
     n_spatial = ndim - len(steps) - (ca is not None) - int(rgb)
     if n_spatial != 2:
-        raise ImageError(_guidance(shape, n_spatial))
+        raise ImageError(_guidance(shape, n_spatial, single_plane))
     _check_channels(shape, ca, rgb, channels)
     order = list(steps) + [a for a in range(ndim) if a not in steps]
     moved = data.transpose(order) if order != list(range(ndim)) else data

@@ -205,9 +205,7 @@ class Predictor:
         ImageError
             Not a single plane, too many channels, not numbers ...
         """
-        layout = image_layout(image, channel_axis=channel_axis, channels=channels, rgb=rgb, percentiles=percentiles)
-        if layout.leading:
-            raise ImageError("set_image takes one 2D plane.")
+        layout = image_layout(image, channel_axis=channel_axis, channels=channels, rgb=rgb, percentiles=percentiles, single_plane=True)
         self._set_plane(_bgr_to_rgb(layout, image_format), layout.config)
         return self
 

@@ -51,9 +51,7 @@ def show_image(image, ax=None, *, channel_axis=None, channels=None, rgb=None, pe
         As in :meth:`napari_sam_micro.api.Predictor.set_image`.
     title : str, optional
     """
-    layout = image_layout(image, channel_axis=channel_axis, channels=channels, rgb=rgb, percentiles=percentiles)
-    if layout.leading:
-        raise ValueError("show_image draws one plane: pass image[z] for a stack.")
+    layout = image_layout(image, channel_axis=channel_axis, channels=channels, rgb=rgb, percentiles=percentiles, single_plane=True)
     shown = normalize_plane(layout.plane(()), layout.config)
     ax = _axes(ax)
     ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -87,7 +85,7 @@ def _as_labels(masks) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _overlay(ax, labels: np.ndarray, ids: np.ndarray, colours: np.ndarray, alpha: float) -> None:
-    lut = np.zeros((int(labels.max(initial=0)) + 1, 4), np.float32)
+    lut = np.zeros((max(int(labels.max(initial=0)), int(np.max(ids, initial=0))) + 1, 4), np.float32)  # empty masks too
     lut[ids, :3] = colours[: len(ids)]
     lut[ids, 3] = alpha
     rgba = lut[labels]
