@@ -250,12 +250,12 @@ def make_prompts(points=None, labels=None, boxes=None, *, hw, coords: str = "xy"
 
 def _progress_bar(desc: str):
     """A tqdm bar (a widget in Jupyter when ipywidgets is installed), or None without tqdm."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tqdm's "IProgress not found" / experimental warnings
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
         try:
             return tqdm(total=1, desc=desc, leave=False)
         except ImportError:  # Jupyter without ipywidgets: the text bar
@@ -272,7 +272,8 @@ def run_job(job, progress: bool, desc: str):
 
     def show(report) -> None:
         if report.total:
-            bar.total = report.total
+            if report.total != bar.total:
+                bar.reset(total=report.total)  # a new stage (a notebook widget takes its new length)
             bar.n = min(report.done, report.total)
         if report.message:
             bar.set_postfix_str(report.message[:70], refresh=False)
