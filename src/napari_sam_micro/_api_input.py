@@ -248,6 +248,10 @@ def make_prompts(points=None, labels=None, boxes=None, *, hw, coords: str = "xy"
     return prompts_from_napari(pts, labels, rects, hw)
 
 
+#: Percent of the current stage, elapsed time and the stage's message (no rate: stages differ).
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]"
+
+
 def _progress_bar(desc: str):
     """A tqdm bar (a widget in Jupyter when ipywidgets is installed), or None without tqdm."""
     with warnings.catch_warnings():
@@ -256,12 +260,13 @@ def _progress_bar(desc: str):
             from tqdm.auto import tqdm
         except ImportError:
             return None
+        options = {"total": 100, "desc": desc, "leave": False, "bar_format": _BAR_FORMAT}
         try:
-            return tqdm(total=1, desc=desc, leave=False)
+            return tqdm(**options)
         except ImportError:  # Jupyter without ipywidgets: the text bar
             from tqdm.std import tqdm as text_tqdm
 
-            return text_tqdm(total=1, desc=desc, leave=False, file=sys.stderr)
+            return text_tqdm(file=sys.stderr, **options)
 
 
 def run_job(job, progress: bool, desc: str):
@@ -271,10 +276,8 @@ def run_job(job, progress: bool, desc: str):
         return drain(job)
 
     def show(report) -> None:
-        if report.total:
-            if report.total != bar.total:
-                bar.reset(total=report.total)  # a new stage (a notebook widget takes its new length)
-            bar.n = min(report.done, report.total)
+        if report.total:  # a job has stages of their own lengths: the bar shows the current one's fraction
+            bar.n = int(round(100 * report.fraction))
         if report.message:
             bar.set_postfix_str(report.message[:70], refresh=False)
         bar.refresh()
