@@ -244,6 +244,7 @@ def test_bad_prompts_are_refused_with_a_message(disk_test_model):
         (dict(boxes=[[10, 10, 10, 30]]), "no area"),
         (dict(boxes=[1, 2, 3]), "shape \\(K, 4\\)"),
         (dict(), "nothing to segment"),
+        (dict(points=[], boxes=np.zeros(0)), "nothing to segment"),  # e.g. no object selected
     ]
     for kwargs, match in cases:
         with pytest.raises(PromptError, match=match):

@@ -191,6 +191,8 @@ def image_layout(image, *, axis=None, channel_axis=None, channels=None, rgb=None
 
 def _points_array(points, name: str, coords: str) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float64)
+    if pts.size == 0:
+        return pts.reshape(0, 2)
     if pts.ndim == 1 and pts.shape[0] == 2:
         pts = pts[None]
     if pts.ndim != 2 or pts.shape[1] != 2:
@@ -201,6 +203,8 @@ def _points_array(points, name: str, coords: str) -> np.ndarray:
 
 def _boxes_array(boxes, coords: str) -> np.ndarray:
     arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:  # e.g. no objects selected: no box, as with None
+        return arr.reshape(0, 4)
     if arr.ndim == 1 and arr.shape[0] == 4:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != 4:
