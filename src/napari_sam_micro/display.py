@@ -160,7 +160,8 @@ def show_masks(image, masks=None, *, scores=None, points=None, labels=None, boxe
     ax = show_image(image, ax=ax, title=title, **image_kw)
     if masks is not None:
         lab, ids = _as_labels(masks)
-        _overlay(ax, lab, ids, object_colours(len(ids)), alpha)
+        # a colour per id value: an object keeps its colour across the planes of a linked stack
+        _overlay(ax, lab, ids, object_colours(int(ids.max(initial=0)))[ids - 1], alpha)
         _score_texts(ax, lab, ids, scores)
     _draw_prompts(ax, points, labels, boxes, coords)
     return ax
