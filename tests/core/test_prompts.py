@@ -164,3 +164,18 @@ def test_prompts_check_inside():
     with pytest.raises(PromptError, match="Box 2 .* completely outside"):
         check_inside((100, 50), boxes_xyxy=[[0, 0, 10, 10], [60, 0, 70, 10]])
     check_inside((100, 50), boxes_xyxy=[[40, 90, 70, 120]])  # partly on the image
+
+
+def test_prompts_from_sam_are_napari_prompts_in_xy_order():
+    from napari_sam_micro.core.prompts import prompts_from_napari, prompts_from_sam
+
+    hw = (50, 80)
+    sam = prompts_from_sam([[70.0, 10.0], [79.3, 49.2]], [1, 0], [[75, 45, 5, 2]], hw)
+    nap = prompts_from_napari([[10.0, 70.0], [49.2, 79.3]], [1, 0], [[[45, 75], [2, 5]]], hw)
+    np.testing.assert_array_equal(sam.points_xy, nap.points_xy)
+    np.testing.assert_array_equal(sam.boxes_xyxy, [[5, 2, 75, 45]])  # corners in any order
+    np.testing.assert_array_equal(sam.points_xy[1], [79, 49])  # within half a pixel: clipped inside
+    with pytest.raises(PromptError, match=r"\(row 10, column 90\) is outside the image"):
+        prompts_from_sam([[90, 10]], None, None, hw)
+    with pytest.raises(PromptError, match="no area"):
+        prompts_from_sam(None, None, [[5, 5, 5, 20]], hw)

@@ -41,6 +41,7 @@ __all__ = [
     "decode_object",
     "decode_click",
     "decode_clicks_in_window",
+    "decode_multimask",
     "click_box_windows",
     "click_box",
     "CLICK_WINDOW_FACTOR",
@@ -567,3 +568,28 @@ def decode_prompts(ctx: DecodeContext, objects: Sequence[ObjectPrompt], previous
                 mask_input = previous.low_res_logits[None].astype(np.float32)
             results[k] = decode_object(ctx, obj, window, ctx.get_embedding(window), mask_input=mask_input)
     return results
+
+
+def decode_multimask(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None) -> list[ObjectPreview]:
+    """SAM's candidate masks of one object prompt (three for SAM-family decoders), one decoder call.
+
+    The prompt is decoded once in ``window`` with ``multimask_output=True`` and every candidate is
+    kept, in the decoder's order: SAM's answer to an ambiguous prompt (``SamPredictor.predict(...,
+    multimask_output=True)``). No click box stage and no refinement: :func:`decode_prompts` is
+    what the Annotator shows.
+
+    Raises :class:`EmbeddingNotReady` when ``window`` is still to encode.
+    """
+    emb = ctx.get_embedding(window)
+    off = _offset(window)
+    coords, labels, box = obj.decoder_args()
+    if coords is not None:
+        coords = (coords - off[None, None, :]).astype(np.float32)
+    if box is not None:
+        box = (box - np.tile(off, 2)[None]).astype(np.float32)
+    out = ctx.model.decode(emb, point_coords=coords, point_labels=labels, boxes=box, multimask_output=True)
+    n = out.iou_predictions.shape[1]
+    # each candidate as its own row: previews() keeps one mask per row
+    low_res = np.asarray(out.low_res_logits)[0][:, None]
+    iou = np.asarray(out.iou_predictions)[0][:, None]
+    return previews(ctx, window, emb, low_res, iou, [obj.kind] * n)

@@ -30,6 +30,7 @@ __all__ = [
     "points_from_napari",
     "boxes_from_napari_rectangles",
     "prompts_from_napari",
+    "prompts_from_sam",
     "object_prompts",
     "batch_boxes",
     "check_inside",
@@ -316,6 +317,30 @@ def prompts_from_napari(points_rc=None, point_labels=None, rects_rc=None, image_
         else np.zeros((0, 4), np.float32)
     )
     return Prompts(pts, lab, boxes)
+
+
+def prompts_from_sam(points_xy=None, point_labels=None, boxes_xyxy=None, image_hw=(0, 0)) -> Prompts:
+    """Prompts given in SAM order (``SamPredictor``'s ``point_coords`` / ``box``), checked like napari's.
+
+    The same checks, clipping and messages as :func:`prompts_from_napari` (points within half a
+    pixel of the border are clipped inside, boxes are clipped to the image and must keep an area).
+
+    Parameters
+    ----------
+    points_xy : (N, 2) array-like, optional
+        ``(x, y)`` = ``(col, row)``.
+    point_labels : (N,) array-like or scalar, optional
+        1 / True positive, 0 / False negative (default: all positive).
+    boxes_xyxy : (K, 4) array-like, optional
+        ``(x0, y0, x1, y1)``; corners in any order.
+    image_hw : (int, int)
+        ``(H, W)`` of the plane.
+    """
+    rc = None if points_xy is None else np.asarray(points_xy, np.float64).reshape(-1, 2)[:, ::-1]
+    rects = None
+    if boxes_xyxy is not None:
+        rects = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)[:, [1, 0, 3, 2]].reshape(-1, 2, 2)
+    return prompts_from_napari(rc, point_labels, rects, image_hw)
 
 
 def _inside(points_xy: np.ndarray, box: np.ndarray) -> np.ndarray:
