@@ -69,6 +69,7 @@ from .core.object_size import click_diameter, click_neighbourhood, object_polari
 from .core.preprocess import PlaneNormalizer, PreprocessConfig, to_rgb
 from .core.progress import Job, Progress, drain
 from .core.prompts import Prompts, object_prompts
+from .core.refine import RefinedObject, refine_objects_job
 from .core.seeded import SeededSegmentation, seeded_segmentation_job, with_embeddings
 from .core.seeds import SEED_IOU_FLOOR, find_seeds
 from .core.windows import Window, cover_objects
@@ -660,6 +661,18 @@ class AnnotationSession:
             min_area=min_area,
             refill=refill,
         )
+
+    def refine_job(self, labels: np.ndarray, ids=None, **options) -> Job[list[RefinedObject]]:
+        """Re-segment objects of a label plane of the current image: :func:`~napari_sam_micro.core.refine.refine_objects_job`.
+
+        ``labels`` is ``(H, W)`` int (not modified); ``ids`` the objects (default all); ``options``
+        ``strategy``, ``box_pad``, ``clicks``. Windows are encoded (and cached) in this job.
+        """
+        if self._plane is None:
+            raise ImageError("Choose an image before refining its labels.")
+        generation = self._generation
+        check = lambda: self._check_generation(generation)  # noqa: E731
+        return refine_objects_job(self.decode_context(), labels, self.embeddings_job, ids, check=check, **options)
 
     def _check_generation(self, generation: int) -> None:
         if generation != self._generation:
