@@ -34,7 +34,7 @@ from .masks import farthest_interior_point, mask_to_box_xyxy
 from .model_api import LOW_RES_SIZE
 from .progress import Job, Progress
 from .prompts import ObjectPrompt
-from .windows import Window
+from .windows import Window, cover_objects, reuse_window
 
 __all__ = [
     "STRATEGIES",
@@ -47,6 +47,7 @@ __all__ = [
     "refine_prompt",
     "mask_logits",
     "assign_clicks",
+    "plan_windows",
     "refine_objects_job",
     "refinement_edits",
     "apply_refinements",
@@ -277,6 +278,26 @@ def _decode_window(ctx: DecodeContext, window, prompts, masks_in) -> list[Object
     return previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, ["refine"] * len(prompts))
 
 
+def plan_windows(ctx: DecodeContext, boxes: np.ndarray) -> list[Window | None]:
+    """The window of each object box: an encoded window that fits it, else few shared windows.
+
+    Objects share windows at the prompts' reuse scale
+    (:func:`~napari_sam_micro.core.windows.cover_objects`, as seeded everything mode does), so
+    crowded planes need few encodings and few (batched) decoder calls.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not ctx.crop_to_prompt:
+        return [object_window(ctx, ObjectPrompt(None, None, b.astype(np.float32), "box")) for b in boxes]
+    encoded = list(ctx.encoded())
+    out: list = [reuse_window(b, encoded, ctx.hw, ctx.reuse_scale) for b in boxes]
+    rest = [k for k, w in enumerate(out) if w is None]
+    if rest:
+        cover, sub = cover_objects(boxes[rest], ctx.hw, ctx.reuse_scale, min_side=ctx.window_min)
+        for k, j in zip(rest, sub):
+            out[k] = ctx.plane_or(cover[j])
+    return out
+
+
 def _iou(old_crop: np.ndarray, slices, new: ObjectPreview) -> float:
     box = new.bbox()
     y0, x0 = slices[0].start, slices[1].start
@@ -335,14 +356,14 @@ def refine_objects_job(
         )
     objs = label_objects(labels, ids)
     clicks = clicks or {}
-    olds, prompts, windows = [], [], []
+    olds, prompts = [], []
     for label_id, sl in objs:
         crop = labels[sl] == label_id
         offset = (sl[0].start, sl[1].start)
         prompt = refine_prompt(crop, offset, ctx.hw, strategy, box_pad, clicks.get(label_id))
         olds.append(crop)
         prompts.append(prompt)
-        windows.append(object_window(ctx, ObjectPrompt(None, None, prompt.box, "box")))
+    windows = plan_windows(ctx, np.array([p.box for p in prompts]))
     order = list(dict.fromkeys(windows))
     missing = [w for w in order if not ctx.is_ready(w)]
     n = len(objs)
