@@ -30,7 +30,7 @@ def _viewer():
 
 def _run(qtbot, widget):
     assert widget.run() is not None
-    qtbot.waitUntil(lambda: not widget.jobs.is_busy(), timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.job_panel.is_busy(), timeout=RUN_TIMEOUT_MS)
 
 
 def _preview(viewer):
@@ -78,4 +78,4 @@ def test_selected_objects_only_and_discard_leaves_the_labels(qtbot, disk_test_mo
     np.testing.assert_array_equal(layer.data, before)
     widget.ids_edit.setText("7")
     assert widget.run() is None  # no object 7: a message, no job
-    assert "no object with id 7" in widget.jobs.status.text()
+    assert "no object with id 7" in widget.job_panel.status.text()

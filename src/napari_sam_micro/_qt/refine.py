@@ -44,6 +44,7 @@ from ..session import AnnotationSession
 from .forms import model_combo
 from .job_panel import JobPanel
 from .objects_table import LayerComboBox, numeric_item
+from .settings import PersistedControls
 from .workers import notify_exception
 
 __all__ = ["RefineWidget", "RESULT_HEADERS", "SCOPE_ALL", "SCOPE_SELECTED"]
@@ -108,7 +109,7 @@ class RefineWidget(QWidget):
         self.clicks_combo.setToolTip("Optional points layer: clicks on an object are added to its prompt.")
         self.overwrite_check = QCheckBox("Overwrite other objects", self)
         self.overwrite_check.setToolTip("Off: a refined object only grows into background, never into its neighbours.")
-        self.jobs = JobPanel("Refine", "Re-segment the chosen objects (nothing is written yet).", "Pick an image and its labels.", self)
+        self.job_panel = JobPanel("Refine", "Re-segment the chosen objects (nothing is written yet).", "Pick an image and its labels.", self)
         self.table = QTableWidget(0, len(RESULT_HEADERS), self)
         self.table.setHorizontalHeaderLabels(RESULT_HEADERS)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -119,6 +120,8 @@ class RefineWidget(QWidget):
         self.accept_button = QPushButton("Accept checked", self)
         self.accept_all_button = QPushButton("Accept all", self)
         self.discard_button = QPushButton("Discard", self)
+        self.reset_button = QPushButton("Reset to defaults", self)
+        self.reset_button.setToolTip("Put this widget's settings back to their defaults (they are remembered otherwise).")
         form = QFormLayout()
         for label, widget in (
             ("Image:", self.image_combo), ("Labels:", self.labels_combo), ("Model:", self.model_combo),
@@ -132,10 +135,14 @@ class RefineWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.overwrite_check)
-        layout.addWidget(self.jobs)
+        layout.addWidget(self.job_panel)
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
-        self.jobs.run_button.clicked.connect(self.run)
+        layout.addWidget(self.reset_button)
+        controls = {"model": self.model_combo, "scope": self.scope_combo, "strategy": self.strategy_combo, "overwrite": self.overwrite_check}
+        self.settings = PersistedControls("refine", controls, keep=("model",) if model else ())
+        self.reset_button.clicked.connect(self.settings.reset)
+        self.job_panel.run_button.clicked.connect(self.run)
         self.accept_button.clicked.connect(self.accept_checked)
         self.accept_all_button.clicked.connect(self.accept_all)
         self.discard_button.clicked.connect(self.discard)
@@ -164,17 +171,17 @@ class RefineWidget(QWidget):
 
     def run(self):
         """Refine the chosen objects in the background; returns the worker (None on bad input)."""
-        if self.jobs.is_busy():
-            return self.jobs.worker
+        if self.job_panel.is_busy():
+            return self.job_panel.worker
         try:
             labels_layer, index, plane, config, labels, ids, clicks = self._inputs()
         except UserInputError as err:
-            self.jobs.status.setText(str(err))
+            self.job_panel.status.setText(str(err))
             notify_exception(err)
             return None
         job = self._job(self.model_name(), plane, config, labels, ids, clicks, self.strategy_combo.currentData())
         target = (labels_layer, index)
-        return self.jobs.start(
+        return self.job_panel.start(
             job,
             on_result=lambda refined: self._on_refined(refined, target),
             context="Refining the labels",
@@ -197,7 +204,7 @@ class RefineWidget(QWidget):
         show_refinement(self.viewer, labels_layer, index, self.refined)
         self._fill_table()
         n = len(self.refined)
-        self.jobs.status.setText(
+        self.job_panel.status.setText(
             f"{n} proposal{'s' if n != 1 else ''} (contours in the preview layer). Tick and accept, or accept all; "
             "nothing is written before."
         )
@@ -242,18 +249,18 @@ class RefineWidget(QWidget):
         wanted = set(ids)
         chosen = [obj for obj in self.refined if obj.label_id in wanted]
         if not chosen:
-            self.jobs.status.setText("Tick the proposals to accept first.")
+            self.job_panel.status.setText("Tick the proposals to accept first.")
             return []
         layer, index = self._target
         try:
             changed = commit_refinements(layer, index, chosen, overwrite=self.overwrite_check.isChecked())
         except UserInputError as err:
             notify_exception(err)
-            self.jobs.status.setText(str(err))
+            self.job_panel.status.setText(str(err))
             return []
         self.refined = [obj for obj in self.refined if obj.label_id not in wanted]
         self._after_change()
-        self.jobs.status.setText(
+        self.job_panel.status.setText(
             f"Refined {len(changed)} object(s) in '{layer.name}' ({len(self.refined)} proposal(s) left). "
             "Ctrl+Z in the labels layer undoes."
         )
@@ -263,7 +270,7 @@ class RefineWidget(QWidget):
         """Forget the proposals (the labels are untouched)."""
         self.refined = []
         self._after_change()
-        self.jobs.status.setText("Proposals discarded; the labels are unchanged.")
+        self.job_panel.status.setText("Proposals discarded; the labels are unchanged.")
 
     def _after_change(self) -> None:
         layer, index = self._target if self._target is not None else (None, ())
@@ -287,5 +294,5 @@ class RefineWidget(QWidget):
             focus_object(self.viewer, self._target[0], self.refined[rows[0].row()].label_id)
 
     def closeEvent(self, event):  # noqa: N802 - Qt API
-        self.jobs.cancel()
+        self.job_panel.cancel()
         super().closeEvent(event)
