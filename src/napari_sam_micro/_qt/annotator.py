@@ -19,25 +19,11 @@ layer handling in :mod:`napari_sam_micro._napari`, background work in :mod:`._qt
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import Qt  # noqa: F401 - tests click through it
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from .._napari.commit import check_writable, commit_items
 from .._napari.layers import (
@@ -51,11 +37,14 @@ from .._napari.prompts import indices_on_plane, plane_prompts
 from .._napari.state import ViewerState, embedding_model_id
 from ..core.errors import ImageError, UserInputError
 from ..core.preprocess import PreprocessConfig
-from ..models.registry import available_models, default_model_name, get_spec
+from ..models.registry import get_spec
 from ..session import AnnotationSession, EmbeddingNotReady, Prediction
-from .preencode import PreEncoder
+from .annotator_form import DEVICES, ModelForm
+from .job_panel import JobPanel
 from .objects_table import LayerComboBox, ObjectsTableWidget
-from .workers import notify_exception, start_job
+from .preencode import PreEncoder
+from .settings import PersistedControls
+from .workers import notify_exception
 
 __all__ = ["AnnotatorWidget", "KEY_COMMIT", "KEY_CLEAR", "KEY_NEGATIVE", "DEVICES"]
 
@@ -65,9 +54,6 @@ _log = logging.getLogger(__name__)
 KEY_COMMIT = "C"
 KEY_CLEAR = "Shift-C"
 KEY_NEGATIVE = "N"
-
-#: Device choices; "auto" picks CUDA, then MPS, then CPU.
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 _HELP = (
     "Click on the image: positive point. Shift+click (or 'Negative points', key N): negative point.\n"
@@ -97,7 +83,6 @@ class AnnotatorWidget(QWidget):
         self.auto_embed = bool(auto_embed)
         self.session: AnnotationSession | None = None
         self.layers = None  # PluginLayers of the current image
-        self.worker = None
         self._worker_kind = ""
         self._pending_preview = False
         self._image_layer = None
@@ -115,44 +100,23 @@ class AnnotatorWidget(QWidget):
         self.dropped_results = 0
         #: background jobs finished (any outcome)
         self.jobs_finished = 0
+        self._build(model)
+        self._wire()
+        self.bind_keys()
+        self._on_image_changed(self.image_combo.current_layer())
 
-        # -- controls ---------------------------------------------------------------------
-        self.image_combo = LayerComboBox(napari_viewer, Image, self)
+    def _build(self, model) -> None:
+        """Controls and layout; embedded panels are added below with :meth:`add_section`."""
+        self.image_combo = LayerComboBox(self.viewer, Image, self)
         self.image_combo.setToolTip("Image layer to annotate (2D, RGB, multichannel or nD stack: the shown plane).")
-        self.model_combo = QComboBox(self)
-        for name in available_models():
-            spec = get_spec(name)
-            self.model_combo.addItem(spec.display_name, name)
-            self.model_combo.setItemData(self.model_combo.count() - 1, spec.description, Qt.ToolTipRole)
-        self.model_combo.setToolTip("Segmentation model. LiteMedSAM works offline; SAM ViT-B/L/H download on first use.")
-        self.checkpoint_edit = QLineEdit(self)
-        self.checkpoint_edit.setPlaceholderText("default weights")
-        self.checkpoint_edit.setToolTip(
-            "Optional local checkpoint file (e.g. sam_vit_b_01ec64.pth) used instead of downloading."
+        self.model_form = ModelForm(model, self)
+        for name in ("model_combo", "checkpoint_edit", "checkpoint_button", "device_combo", "channel_combo", "channels_edit"):
+            setattr(self, name, getattr(self.model_form, name))
+        self.job_panel = JobPanel(
+            "Compute embedding", "Encode the shown image plane now (otherwise done when you pick it or prompt).", "Pick an image.", self
         )
-        self.checkpoint_button = QPushButton("Local checkpoint…", self)
-        self.device_combo = QComboBox(self)
-        self.device_combo.addItems(DEVICES)
-        self.device_combo.setToolTip("Where the model runs: auto = CUDA GPU, then Apple MPS, then CPU.")
-        self.channel_combo = QComboBox(self)
-        self.channel_combo.addItems(["none", "first axis"])
-        self.channel_combo.setToolTip(
-            "For a multichannel image kept in one layer: the axis holding the channels (only the first axis)."
-        )
-        self.channels_edit = QLineEdit(self)
-        self.channels_edit.setPlaceholderText("all (up to 3), e.g. 0,2")
-        self.channels_edit.setToolTip("Channels to segment on (indices along the channel axis), at most three.")
-
-        self.embed_button = QPushButton("Compute embedding", self)
-        self.embed_button.setToolTip("Encode the shown image plane now (otherwise done when you pick it or prompt).")
-        self.cancel_button = QPushButton("Cancel", self)
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar(self)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status = QLabel("Pick an image.", self)
-        self.status.setWordWrap(True)
-
+        panel = self.job_panel
+        self.embed_button, self.cancel_button, self.progress, self.status = panel.run_button, panel.cancel_button, panel.progress, panel.status
         self.negative_check = QCheckBox("Negative points (N; Shift+click)", self)
         self.negative_check.setToolTip("New points mark background. Shift+click adds a negative point at any time.")
         self.overwrite_check = QCheckBox("Overwrite existing labels", self)
@@ -168,44 +132,33 @@ class AnnotatorWidget(QWidget):
         self.commit_button.setToolTip("Write the preview into the labels layer as new object(s); Ctrl+Z there undoes.")
         self.clear_button = QPushButton("Clear prompts (Shift+C)", self)
         self.clear_button.setToolTip("Remove the points and boxes of the shown plane and the preview.")
-
-        self.objects = ObjectsTableWidget(napari_viewer, parent=self)
-
+        self.reset_button = QPushButton("Reset to defaults", self)
+        self.reset_button.setToolTip("Put the model, device, channel and contrast settings back to their defaults.")
+        self.objects = ObjectsTableWidget(self.viewer, parent=self)
         form = QFormLayout()
         form.addRow("Image:", self.image_combo)
-        form.addRow("Model:", self.model_combo)
-        ckpt = QHBoxLayout()
-        ckpt.addWidget(self.checkpoint_edit, 1)
-        ckpt.addWidget(self.checkpoint_button)
-        form.addRow("Checkpoint:", ckpt)
-        form.addRow("Device:", self.device_combo)
-        form.addRow("Channel axis:", self.channel_combo)
-        form.addRow("Channels:", self.channels_edit)
-        run = QHBoxLayout()
-        run.addWidget(self.embed_button)
-        run.addWidget(self.cancel_button)
         actions = QHBoxLayout()
         actions.addWidget(self.commit_button)
         actions.addWidget(self.clear_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(run)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.negative_check)
-        layout.addWidget(self.overwrite_check)
-        layout.addWidget(self.preencode_check)
+        layout.addWidget(self.model_form)
+        layout.addWidget(self.job_panel)
+        for check in (self.negative_check, self.overwrite_check, self.preencode_check):
+            layout.addWidget(check)
         layout.addLayout(actions)
+        layout.addWidget(self.reset_button)
         layout.addWidget(self.objects, 1)
         self.setToolTip(_HELP)
+        controls = {**self.model_form.controls(), "preencode": self.preencode_check, "overwrite": self.overwrite_check}
+        self.settings = PersistedControls("annotator", controls, keep=("model",) if model else ())
 
-        initial = model or default_model_name()
-        index = self.model_combo.findData(initial)
-        if index < 0:
-            index = self.model_combo.findData(default_model_name())
-        self.model_combo.setCurrentIndex(max(index, 0))
+    def add_section(self, widget: QWidget) -> None:
+        """Embed a panel (e.g. propagation) below the commit buttons, above the objects table."""
+        layout = self.layout()
+        layout.insertWidget(layout.indexOf(self.objects), widget)
 
-        # -- wiring -----------------------------------------------------------------------
+    def _wire(self) -> None:
         self.image_combo.layer_changed.connect(self._on_image_changed)
         self.preencode_check.toggled.connect(self._on_preencode_toggled)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
@@ -214,16 +167,25 @@ class AnnotatorWidget(QWidget):
         self.checkpoint_button.clicked.connect(self._browse_checkpoint)
         self.channel_combo.currentIndexChanged.connect(self._on_image_settings_changed)
         self.channels_edit.editingFinished.connect(self._on_image_settings_changed)
+        self.model_form.low_spin.editingFinished.connect(self._on_image_settings_changed)
+        self.model_form.high_spin.editingFinished.connect(self._on_image_settings_changed)
         self.embed_button.clicked.connect(self.compute_embedding)
-        self.cancel_button.clicked.connect(self.cancel)
         self.commit_button.clicked.connect(self.commit)
         self.clear_button.clicked.connect(self.clear_prompts)
+        self.reset_button.clicked.connect(self._reset_settings)
         self.negative_check.toggled.connect(self._on_negative_toggled)
-        self._connect(napari_viewer.dims.events.current_step, self._on_dims_changed)
-        self._connect(napari_viewer.dims.events.ndisplay, self._on_dims_changed)
-        self.destroyed.connect(_make_unbinder(napari_viewer, self._bound_keys))
-        self.bind_keys()
-        self._on_image_changed(self.image_combo.current_layer())
+        self._connect(self.viewer.dims.events.current_step, self._on_dims_changed)
+        self._connect(self.viewer.dims.events.ndisplay, self._on_dims_changed)
+        self.destroyed.connect(_make_unbinder(self.viewer, self._bound_keys))
+
+    def _reset_settings(self) -> None:
+        self.settings.reset()
+        self._on_image_settings_changed()
+
+    @property
+    def worker(self):
+        """The running job's worker (model loading or encoding), or None."""
+        return self.job_panel.worker
 
     # -- key bindings ------------------------------------------------------------------------
     def bind_keys(self) -> None:
@@ -275,36 +237,21 @@ class AnnotatorWidget(QWidget):
 
     # -- settings ----------------------------------------------------------------------------
     def model_name(self) -> str:
-        return str(self.model_combo.currentData())
+        return self.model_form.model_name()
 
     def device(self) -> str | None:
-        text = self.device_combo.currentText()
-        return None if text == "auto" else text
+        return self.model_form.device()
 
     def checkpoint(self) -> str | None:
-        text = self.checkpoint_edit.text().strip()
-        return text or None
+        return self.model_form.checkpoint()
 
     def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Local checkpoint", str(Path.home()), "Checkpoints (*.pth *.pt *.ckpt);;All files (*)")
-        if path:
-            self.checkpoint_edit.setText(path)
+        if self.model_form.browse_checkpoint():
             self._on_model_changed()
 
     def preprocess_config(self, geometry: ImageGeometry) -> PreprocessConfig:
         """Normalisation of the planes of the current image (raises UserInputError on bad channels)."""
-        text = self.channels_edit.text().strip()
-        channels = None
-        if text and geometry.channel_axis is not None:
-            try:
-                channels = tuple(int(c) for c in text.replace(";", ",").split(",") if c.strip())
-            except ValueError:
-                raise UserInputError(f"Channels must be numbers separated by commas (e.g. 0,2), not '{text}'.") from None
-        return PreprocessConfig(
-            channels=channels,
-            channel_axis=-1 if geometry.channel_axis is not None else None,
-            rgb=geometry.rgb,
-        )
+        return self.model_form.preprocess_config(geometry)
 
     # -- image / layers ----------------------------------------------------------------------
     def _detach_layers(self) -> None:
@@ -345,7 +292,7 @@ class AnnotatorWidget(QWidget):
             self.status.setText("Open or pick an image layer to annotate.")
             return
         try:
-            geometry = image_geometry(layer, 0 if self.channel_combo.currentIndex() == 1 else None)
+            geometry = image_geometry(layer, self.model_form.channel_axis())
         except UserInputError as err:
             show_warning(str(err))
             self.status.setText(str(err))
@@ -494,7 +441,7 @@ class AnnotatorWidget(QWidget):
             return
         session = self.session
         if session.embedding is not None:
-            self._set_progress(1, 1)
+            self.job_panel.reset_progress(1)
             self.status.setText("Embedding ready (from the cache). " + _HELP)
             if self._current_prompt_count():
                 self._update_preview()
@@ -563,31 +510,13 @@ class AnnotatorWidget(QWidget):
         self._after_worker = None
         self._restart_after_worker = False
         self._job_target = None
-        self.cancel_button.setEnabled(True)
-        self.embed_button.setEnabled(False)
-        self._set_progress(0, 0)
-        self.worker = start_job(
+        self.job_panel.start(
             job,
-            on_progress=self._on_progress,
             on_result=on_result,
             on_error=lambda err: self._on_worker_error(err, context),
             on_finished=self._on_worker_finished,
             context=context,
         )
-
-    def _on_progress(self, report) -> None:
-        if self._closed:
-            return
-        self._set_progress(report.done, report.total)
-        if report.message:
-            self.progress.setFormat(f"{report.message} %p%")
-
-    def _set_progress(self, done: int, total: int) -> None:
-        if total <= 0:
-            self.progress.setRange(0, 0)  # busy indicator
-        else:
-            self.progress.setRange(0, int(total))
-            self.progress.setValue(int(done))
 
     def _on_worker_error(self, err, context: str) -> None:
         if self._closed:
@@ -597,24 +526,16 @@ class AnnotatorWidget(QWidget):
         notify_exception(err, context)
         self.status.setText(str(err))
 
-    def _on_worker_finished(self) -> None:
-        aborted = self.worker is not None and self.worker.abort_requested
-        self.worker = None
+    def _on_worker_finished(self, aborted: bool) -> None:
         self._worker_kind = ""
         self.jobs_finished += 1
         if self._closed:
             return
-        self.cancel_button.setEnabled(False)
-        self.embed_button.setEnabled(True)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0 if aborted else 1)
-        self.progress.setFormat("%p%")
         follow_up, self._after_worker = self._after_worker, None
         restart, self._restart_after_worker = self._restart_after_worker, False
         if restart:
             self.compute_embedding()
         elif aborted:
-            self.status.setText("Cancelled.")
             self._pending_preview = False
         elif follow_up is not None:
             follow_up()
@@ -625,9 +546,7 @@ class AnnotatorWidget(QWidget):
 
     def cancel(self) -> None:
         """Cancel the running job (its result is discarded)."""
-        if self.worker is not None:
-            self.worker.quit()
-            self.status.setText("Cancelling…")
+        self.job_panel.cancel()
 
     # -- prompts → preview -------------------------------------------------------------------
     def _on_prompt_press(self, layer, event):
