@@ -75,3 +75,29 @@ def test_a_damaged_settings_file_gives_the_defaults_with_a_warning(qtbot, caplog
     assert any("damaged" in r.getMessage() for r in caplog.records)
     widget.points_spin.setValue(20)  # the next change rewrites a valid file
     assert load_section("everything")["points"] == 20
+
+
+def test_annotator_settings_are_restored_and_reset(qtbot):
+    from napari_sam_micro._qt.annotator import AnnotatorWidget
+
+    viewer = ViewerModel()
+    first = AnnotatorWidget(viewer, auto_embed=False)
+    qtbot.addWidget(first)
+    defaults = first.settings.values()
+    first.device_combo.setCurrentText("cpu")
+    first.channel_combo.setCurrentIndex(1)
+    first.channels_edit.setText("0,2")
+    first.channels_edit.editingFinished.emit()
+    first.model_form.low_spin.setValue(2.0)
+    first.model_form.high_spin.setValue(99.0)
+    first.preencode_check.setChecked(False)
+
+    second = AnnotatorWidget(viewer, auto_embed=False)
+    qtbot.addWidget(second)
+    assert second.device() == "cpu" and second.model_form.channel_axis() == 0
+    assert second.channels_edit.text() == "0,2" and not second.preencode_check.isChecked()
+    assert (second.model_form.low_spin.value(), second.model_form.high_spin.value()) == (2.0, 99.0)
+    second.reset_button.click()
+    assert second.settings.values() == defaults
+    for w in (first, second):
+        w.shutdown()
