@@ -21,25 +21,19 @@ from __future__ import annotations
 import logging
 
 from napari.layers import Image
-from napari.utils.notifications import show_info, show_warning
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt  # noqa: F401 - tests click through it
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
-from .._napari.commit import check_writable, commit_items
-from .._napari.layers import (
-    ImageGeometry,
-    current_plane_index,
-    ensure_plugin_layers,
-    image_geometry,
-    plane_data,
-)
-from .._napari.prompts import indices_on_plane, plane_prompts
-from .._napari.state import ViewerState, embedding_model_id
-from ..core.errors import ImageError, UserInputError
+from .._napari.layers import ImageGeometry
+from .._napari.state import ViewerState
+from ..core.errors import UserInputError
 from ..core.preprocess import PreprocessConfig
 from ..models.registry import get_spec
-from ..session import AnnotationSession, EmbeddingNotReady, Prediction
+from ..session import AnnotationSession
 from .annotator_form import DEVICES, ModelForm
+from .annotator_layers import _HELP, KEY_CLEAR, KEY_COMMIT, KEY_NEGATIVE, KeysMixin, LayersMixin, make_unbinder
+from .annotator_prompts import PromptsMixin
 from .job_panel import JobPanel
 from .objects_table import LayerComboBox, ObjectsTableWidget
 from .preencode import PreEncoder
@@ -50,19 +44,10 @@ __all__ = ["AnnotatorWidget", "KEY_COMMIT", "KEY_CLEAR", "KEY_NEGATIVE", "DEVICE
 
 _log = logging.getLogger(__name__)
 
-#: Key bindings active while the widget lives (bound on the viewer).
-KEY_COMMIT = "C"
-KEY_CLEAR = "Shift-C"
-KEY_NEGATIVE = "N"
-
-_HELP = (
-    "Click on the image: positive point. Shift+click (or 'Negative points', key N): negative point.\n"
-    "Draw rectangles in the 'SAM boxes' layer for box prompts (several boxes = several objects).\n"
-    "C: commit the preview into the labels layer (Ctrl+Z there undoes). Shift+C: clear prompts."
-)
 
 
-class AnnotatorWidget(QWidget):
+
+class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
     """Dock widget for prompt-based annotation with Segment Anything.
 
     Parameters
@@ -176,7 +161,7 @@ class AnnotatorWidget(QWidget):
         self.negative_check.toggled.connect(self._on_negative_toggled)
         self._connect(self.viewer.dims.events.current_step, self._on_dims_changed)
         self._connect(self.viewer.dims.events.ndisplay, self._on_dims_changed)
-        self.destroyed.connect(_make_unbinder(self.viewer, self._bound_keys))
+        self.destroyed.connect(make_unbinder(self.viewer, self._bound_keys))
 
     def _reset_settings(self) -> None:
         self.settings.reset()
@@ -186,54 +171,6 @@ class AnnotatorWidget(QWidget):
     def worker(self):
         """The running job's worker (model loading or encoding), or None."""
         return self.job_panel.worker
-
-    # -- key bindings ------------------------------------------------------------------------
-    def bind_keys(self) -> None:
-        """Bind C (commit), Shift+C (clear prompts) and N (negative points) on the viewer."""
-        if self._bound_keys or self._closed:
-            return
-        for key, func in (
-            (KEY_COMMIT, lambda viewer: self.commit()),
-            (KEY_CLEAR, lambda viewer: self.clear_prompts()),
-            (KEY_NEGATIVE, lambda viewer: self.negative_check.toggle()),
-        ):
-            previous = self.viewer.bind_key(key, func, overwrite=True)
-            self._bound_keys[key] = (func, previous)
-
-    def unbind_keys(self) -> None:
-        """Release the keys (restoring what they were bound to before)."""
-        _make_unbinder(self.viewer, self._bound_keys)()
-
-    def showEvent(self, event):  # noqa: N802 - Qt API
-        super().showEvent(event)
-        self.bind_keys()
-
-    def hideEvent(self, event):  # noqa: N802 - Qt API
-        if not event.spontaneous():
-            self.unbind_keys()
-        super().hideEvent(event)
-
-    def closeEvent(self, event):  # noqa: N802 - Qt API
-        self.shutdown()
-        super().closeEvent(event)
-
-    def shutdown(self) -> None:
-        """Release keys, mouse callbacks and event connections; cancel the worker."""
-        self._closed = True
-        self.unbind_keys()
-        self.cancel()
-        self.preencoder.stop()
-        self._detach_layers()
-        for emitter, callback in self._connected:
-            try:
-                emitter.disconnect(callback)
-            except (TypeError, ValueError, RuntimeError):
-                pass
-        self._connected.clear()
-
-    def _connect(self, emitter, callback) -> None:
-        emitter.connect(callback)
-        self._connected.append((emitter, callback))
 
     # -- settings ----------------------------------------------------------------------------
     def model_name(self) -> str:
@@ -252,147 +189,6 @@ class AnnotatorWidget(QWidget):
     def preprocess_config(self, geometry: ImageGeometry) -> PreprocessConfig:
         """Normalisation of the planes of the current image (raises UserInputError on bad channels)."""
         return self.model_form.preprocess_config(geometry)
-
-    # -- image / layers ----------------------------------------------------------------------
-    def _detach_layers(self) -> None:
-        layers = self.layers
-        if layers is not None:
-            for emitter, cb in (
-                (layers.prompts.events.data, self._on_prompts_changed),
-                (layers.boxes.events.data, self._on_prompts_changed),
-            ):
-                try:
-                    emitter.disconnect(cb)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
-            try:
-                layers.prompts.mouse_drag_callbacks.remove(self._on_prompt_press)
-            except ValueError:
-                pass
-        if self._image_layer is not None:
-            try:
-                self._image_layer.events.data.disconnect(self._on_image_data)
-            except (TypeError, ValueError, RuntimeError):
-                pass
-        self.layers = None
-        self._image_layer = None
-        self._geometry = None
-        self._plane_key = None
-        self._preview_index = None
-
-    def _on_image_changed(self, layer=None) -> None:
-        if self._closed:
-            return
-        self._invalidate()
-        self._detach_layers()
-        self.preencoder.stop()
-        if self.is_busy() and self._worker_kind == "embedding":
-            self.cancel()  # its result would be for the previous image
-        if layer is None:
-            self.status.setText("Open or pick an image layer to annotate.")
-            return
-        try:
-            geometry = image_geometry(layer, self.model_form.channel_axis())
-        except UserInputError as err:
-            show_warning(str(err))
-            self.status.setText(str(err))
-            return
-        self._image_layer = layer
-        self._geometry = geometry
-        layer.events.data.connect(self._on_image_data)
-        self._attach_plugin_layers()
-        self.status.setText(_HELP)
-        if self.auto_embed:
-            self.compute_embedding()
-
-    def _attach_plugin_layers(self):
-        """Make sure the prompt / preview / output layers exist (recreated if the user deleted one)."""
-        layer, geometry = self._image_layer, self._geometry
-        if layer is None or geometry is None:
-            return None
-        current = self.layers
-        if current is not None and all(
-            lyr in self.viewer.layers for lyr in (current.prompts, current.boxes, current.preview, current.output)
-        ):
-            return current
-        if current is not None:
-            for emitter in (current.prompts.events.data, current.boxes.events.data):
-                try:
-                    emitter.disconnect(self._on_prompts_changed)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
-        select = current is None
-        layers = ensure_plugin_layers(self.viewer, layer, geometry, select_prompts=select)
-        self.layers = layers
-        layers.prompts.events.data.connect(self._on_prompts_changed)
-        layers.boxes.events.data.connect(self._on_prompts_changed)
-        if self._on_prompt_press not in layers.prompts.mouse_drag_callbacks:
-            layers.prompts.mouse_drag_callbacks.insert(0, self._on_prompt_press)
-        layers.prompts.feature_defaults = {"positive": not self.negative_check.isChecked()}
-        try:
-            self.objects.set_layer(layers.output)
-        except ValueError:
-            pass
-        return layers
-
-    def _on_image_settings_changed(self, *_):
-        self._on_image_changed(self.image_combo.current_layer())
-
-    def _invalidate(self) -> None:
-        """The displayed plane, image, model or settings changed: drop the preview, mark results stale."""
-        self._plane_key = None
-        self._clear_preview_layer()
-        if self.session is not None:
-            self.session.reset()
-
-    def _on_image_data(self, event=None) -> None:
-        """The image's data changed: a running or finished embedding of the old data is stale."""
-        self._invalidate()
-        if self.is_busy() and self._worker_kind == "embedding":
-            self._restart_after_worker = self.auto_embed
-            self.cancel()
-        elif self.auto_embed:
-            self.compute_embedding()
-
-    def _on_dims_changed(self, event=None) -> None:
-        """Another plane is shown: its embedding is computed when it is first prompted."""
-        if self._image_layer is None:
-            return
-        self._invalidate()
-        if self.is_busy() and self._worker_kind == "embedding":
-            self.cancel()
-
-    def _target(self):
-        """``(index, config)`` of the displayed plane; raises UserInputError."""
-        layer, geometry = self._image_layer, self._geometry
-        if layer is None or geometry is None:
-            raise ImageError("Pick an image layer to annotate first.")
-        if layer not in self.viewer.layers:
-            raise ImageError(f"The image layer '{layer.name}' was removed from the viewer.")
-        index = current_plane_index(self.viewer, layer, geometry)
-        config = self.preprocess_config(geometry)
-        return index, config
-
-    def _model_id(self) -> str:
-        # the embeddings' identity (weights checksum, checkpoint file): keys of a disk cache too
-        return embedding_model_id(self.model_name(), self.checkpoint())
-
-    def _sync_session(self, model) -> tuple:
-        """Point the session at the displayed plane with ``model``; returns the plane index."""
-        index, config = self._target()
-        spec = get_spec(self.model_name())
-        model_id = self._model_id()
-        options = AnnotationSession.options_for(spec)
-        if self.session is None:
-            self.session = AnnotationSession(model, self.state.cache, config, model_id=model_id, **options)
-        elif self.session.model is not model or self.session.model_id != model_id:
-            self.session.set_model(model, model_id=model_id, **options)
-        key = (id(self._image_layer), index, config)
-        if key != self._plane_key or not self.session.has_image:
-            plane = plane_data(self._image_layer, self._geometry, index)
-            self.session.set_image(plane, config)
-            self._plane_key = key
-        return index
 
     # -- model + embedding -------------------------------------------------------------------
     def _on_model_changed(self, *_):
@@ -547,205 +343,3 @@ class AnnotatorWidget(QWidget):
     def cancel(self) -> None:
         """Cancel the running job (its result is discarded)."""
         self.job_panel.cancel()
-
-    # -- prompts → preview -------------------------------------------------------------------
-    def _on_prompt_press(self, layer, event):
-        """Before napari's add mode adds the point (on release): Shift (or the toggle) makes it negative."""
-        if event.type == "mouse_press" and layer.mode == "add":
-            negative = "Shift" in event.modifiers or self.negative_check.isChecked()
-            layer.feature_defaults = {"positive": not negative}
-
-    def _on_negative_toggled(self, checked: bool) -> None:
-        if self.layers is not None:
-            self.layers.prompts.feature_defaults = {"positive": not checked}
-
-    def _on_prompts_changed(self, event=None) -> None:
-        action = getattr(event, "action", None)
-        action = str(action).lower().split(".")[-1]
-        if self._clearing or action in ("adding", "removing", "changing"):
-            return
-        layers = self.layers
-        if action == "added" and layers is not None and getattr(event, "source", None) is layers.prompts:
-            # a Shift+click made only that point negative; new points follow the toggle again
-            layers.prompts.feature_defaults = {"positive": not self.negative_check.isChecked()}
-        self._update_preview()
-
-    def _current_prompt_count(self) -> int:
-        layers = self.layers
-        if layers is None:
-            return 0
-        return len(layers.prompts.data) + layers.boxes.nshapes
-
-    def current_prompts(self):
-        """Prompts of the displayed plane (SAM order) and notes for the user; raises UserInputError."""
-        layers = self._attach_plugin_layers()
-        if layers is None:
-            raise ImageError("Pick an image layer to annotate first.")
-        index, _ = self._target()
-        prompts, notes = plane_prompts(layers.prompts, layers.boxes, self._image_layer, self._geometry, index)
-        return prompts, notes, index
-
-    def _update_preview(self) -> Prediction | None:
-        """Decode the current prompts (on the GUI thread, from cached embeddings) and show the preview."""
-        self._pending_preview = False
-        if self._closed or self._image_layer is None:
-            return None
-        try:
-            prompts, notes, index = self.current_prompts()
-        except UserInputError as err:
-            show_warning(str(err))
-            self._clear_preview_layer()
-            return None
-        if prompts.is_empty:
-            self._clear_preview_layer()
-            if self.session is not None:
-                self.session.clear_preview()
-            return None
-        self.preencoder.pause()  # a prompt never waits behind the pre-encoding queue
-        if self.is_busy():
-            self._pending_preview = True
-            return None
-        model = self._loaded_model()
-        if model is None or self.session is None:
-            self._pending_preview = True
-            self.compute_embedding()
-            return None
-        try:
-            self._sync_session(model)
-            prediction = self.session.predict(prompts)
-        except EmbeddingNotReady as need:
-            self._pending_preview = True
-            session = self.session
-            if None in need.windows and session.embedding is None:
-                self.compute_embedding()
-                return None
-            job = session.embeddings_job(need.windows)
-            self._start_worker("embedding", job, on_result=lambda _n: None, context="Encoding the prompt window")
-            self.status.setText("Encoding the region around the prompt…")
-            return None
-        except UserInputError as err:
-            show_warning(str(err))
-            self._clear_preview_layer()
-            return None
-        for note in (*notes, *prediction.warnings):
-            show_info(note)
-        self._show_prediction(prediction, index)
-        self.start_preencoding()
-        ious = ", ".join(f"{o.predicted_iou:.2f}" for o in prediction.objects)
-        self.status.setText(
-            f"{len(prediction.objects)} object(s) in the preview (predicted IoU {ious}). "
-            "C commits, Shift+C clears."
-        )
-        return prediction
-
-    def _show_prediction(self, prediction: Prediction, index: tuple) -> None:
-        layers = self.layers
-        preview = layers.preview
-        image = prediction.label_image(dtype=preview.data.dtype)
-        self._clear_preview_layer(refresh=False)
-        if index:
-            preview.data[index] = image
-        else:
-            preview.data[...] = image
-        self._preview_index = index
-        preview.refresh()
-
-    def _clear_preview_layer(self, refresh: bool = True) -> None:
-        layers = self.layers
-        if layers is None or self._preview_index is None or layers.preview not in self.viewer.layers:
-            return
-        index = self._preview_index
-        if index:
-            layers.preview.data[index] = 0
-        else:
-            layers.preview.data[...] = 0
-        self._preview_index = None
-        if refresh:
-            layers.preview.refresh()
-
-    # -- commit / clear ----------------------------------------------------------------------
-    def commit(self) -> list[int]:
-        """Write the preview into the output labels layer (one undo step); returns the new ids."""
-        if self._closed:
-            return []
-        session = self.session
-        prediction = session.preview if session is not None else None
-        if prediction is None or prediction.generation != session.generation:
-            prediction = self._update_preview()
-        if prediction is None:
-            if self.is_busy() or self._pending_preview:
-                show_info("The mask is still being computed; commit again when the preview appears.")
-            else:
-                show_warning("There is nothing to commit: add a point or draw a box on the object first.")
-            return []
-        layers = self._attach_plugin_layers()
-        try:
-            index, _ = self._target()
-            output = layers.output
-            check_writable(output)  # before planning: a lazy volume is not read for nothing
-            items = session.commit_plan(
-                output.data, overwrite=self.overwrite_check.isChecked(), leading=index, prediction=prediction
-            )
-            if not items:
-                if not any(obj is not None and obj.mask.any() for obj in prediction.objects):
-                    show_warning(
-                        "The model found no object at these prompts (the mask is empty), so nothing was "
-                        "added. Click nearer the object's centre or draw a box around it."
-                    )
-                else:
-                    show_warning(
-                        "The mask lies entirely on existing labels, so nothing was added. "
-                        "Tick 'Overwrite existing labels' to replace them."
-                    )
-                return []
-            ids = commit_items(output, items)
-        except UserInputError as err:
-            show_warning(str(err))
-            return []
-        self.clear_prompts()
-        self.objects.refresh()
-        self.status.setText(f"Committed object(s) {', '.join(map(str, ids))}. Ctrl+Z in the labels layer undoes.")
-        return ids
-
-    def clear_prompts(self) -> None:
-        """Remove the points and boxes of the displayed plane and the preview."""
-        layers = self.layers
-        if layers is None:
-            return
-        self._clearing = True
-        try:
-            try:
-                index, _ = self._target()
-            except UserInputError:
-                index = None
-            for layer in (layers.prompts, layers.boxes):
-                if index is None:
-                    on_plane = list(range(len(layer.data)))
-                else:
-                    on_plane = indices_on_plane(layer, self._image_layer, self._geometry, index)
-                if on_plane:
-                    layer.selected_data = set(on_plane)
-                    layer.remove_selected()
-        finally:
-            self._clearing = False
-        self._clear_preview_layer()
-        if self.session is not None:
-            self.session.clear_preview()
-
-
-def _make_unbinder(viewer, bound: dict):
-    """A callable releasing ``bound`` keys of ``viewer`` (safe from ``destroyed`` handlers)."""
-
-    def unbind(*_args):
-        from napari.utils.key_bindings import coerce_keybinding
-
-        for key, (func, previous) in list(bound.items()):
-            try:
-                current = viewer.keymap.get(coerce_keybinding(key))
-                if current is func:
-                    viewer.bind_key(key, previous if previous is not None else None, overwrite=True)
-            except Exception:  # noqa: BLE001 - the viewer may be gone already
-                pass
-            bound.pop(key, None)
-
-    return unbind
