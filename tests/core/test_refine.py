@@ -153,3 +153,17 @@ def test_degradations_spoil_the_labels_as_named():
     assert iou[0] == 1.0 and iou[1] < 1.0 and iou[2] < 1.0
     with pytest.raises(ValueError):
         degrade_labels(labels, "blur")
+
+
+def test_point_strategy_takes_the_place_not_the_extent_of_the_old_object(disk_model):
+    labels = _plane()
+    _, clean = _refine(disk_model, labels, strategy="point")
+    _, loose = _refine(disk_model, dilate_labels(labels, 0.3), strategy="point")
+    _, boxed = _refine(disk_model, dilate_labels(labels, 0.3), strategy="box")
+    assert [r.label_id for r in clean] == [1, 2, 3]
+    for a, b in zip(clean, loose):  # the interior click finds the same object however loose the label
+        assert abs(a.new_area - b.new_area) <= 0.2 * a.new_area
+        ca, cb = (np.argwhere(r.new.mask).mean(axis=0) for r in (a, b))
+        assert np.hypot(*(ca - cb)) <= 3.0
+    # the box prompt follows the loose label instead
+    assert sum(r.new_area for r in boxed) > sum(r.new_area for r in loose)

@@ -59,6 +59,7 @@ _STRATEGY_TIPS = {
     "box+mask": "its box and its old mask as the model's mask input",
     "box+point": "its box and a click at its deepest interior point",
     "box+mask+point": "box, old mask and interior click",
+    "point": "a click at its deepest interior point, decoded as an Annotator click: the old label gives the place, not the extent",
 }
 
 

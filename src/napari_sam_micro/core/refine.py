@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: Prompt recipes: what of the old object goes into the decoder besides its box.
-STRATEGIES = ("box", "box+mask", "box+point", "box+mask+point")
+STRATEGIES = ("box", "box+mask", "box+point", "box+mask+point", "point")
 #: The recipe measured best on degraded DSB validation labels (docs/models.md).
 DEFAULT_STRATEGY = "box"
 #: The old mask's box is padded by this fraction of its longer side (plus one pixel).
@@ -159,6 +159,8 @@ def refine_prompt(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown refine strategy {strategy!r}; use one of {STRATEGIES}")
+    if strategy == "point":
+        strategy = "box+point"  # the prompt of an object with the user's clicks
     r, c = offset
     x0, y0, x1, y1 = (mask_to_box_xyxy(mask) + np.array([c, r, c, r])).astype(np.float64)
     pad = box_pad * max(x1 - x0, y1 - y0) + 1.0 if box_pad > 0 else 0.0
@@ -363,10 +365,13 @@ def refine_objects_job(
         prompt = refine_prompt(crop, offset, ctx.hw, strategy, box_pad, clicks.get(label_id))
         olds.append(crop)
         prompts.append(prompt)
+    n = len(objs)
+    if strategy == "point" and ctx.clicks_in_windows:
+        news = yield from _decode_interior_clicks(ctx, objs, olds, prompts, clicks, encode, check)
+        return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
     windows = plan_windows(ctx, np.array([p.box for p in prompts]))
     order = list(dict.fromkeys(windows))
     missing = [w for w in order if not ctx.is_ready(w)]
-    n = len(objs)
     if missing:
         yield Progress(0, n, f"Encoding {len(missing)} window(s) around the objects")
         yield from encode(missing)
@@ -383,6 +388,28 @@ def refine_objects_job(
         done += len(ks)
         yield Progress(done, n, f"Refined {done} of {n} object(s)")
     return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
+
+
+def _decode_interior_clicks(ctx, objs, olds, prompts, clicks, encode, check) -> Job[list[ObjectPreview]]:
+    """Strategy ``"point"``: each object's deepest interior point decoded as an Annotator click
+    (the click's own window and box stage, batched per window as seeded everything mode does), so
+    the old mask gives the place, not the extent; objects with the user's clicks take their box prompt."""
+    from .seeded import decode_seeds_job, with_embeddings
+
+    seeds = []
+    for (_, sl), crop in zip(objs, olds):
+        row, col, _ = farthest_interior_point(crop)
+        seeds.append((row + sl[0].start, col + sl[1].start))
+    plain = [k for k, (i, _) in enumerate(objs) if i not in clicks]
+    news: list = [None] * len(objs)
+    if plain:
+        got = yield from decode_seeds_job(ctx, np.array([seeds[k] for k in plain], np.float64), encode, what="Object", check=check)
+        for k, prev in zip(plain, got):
+            news[k] = prev
+    for k in (k for k in range(len(objs)) if news[k] is None):
+        window = plan_windows(ctx, prompts[k].box[None])[0]
+        news[k] = (yield from with_embeddings(lambda: _decode_window(ctx, window, [prompts[k]], None)[0], encode, check))
+    return news
 
 
 def refinement_edits(
