@@ -55,9 +55,9 @@ SCOPE_ALL = "all"
 SCOPE_SELECTED = "selected"
 
 _STRATEGY_TIPS = {
-    "box": "the object's box (measured best on degraded nuclei labels)",
+    "box": "the object's box (best on too-tight labels; a loose box makes the mask fill it)",
     "box+mask": "its box and its old mask as the model's mask input",
-    "box+point": "its box and a click at its deepest interior point",
+    "box+point": "its box and a click at its deepest interior point (best on average over tight, loose and merged labels)",
     "box+mask+point": "box, old mask and interior click",
     "point": "a click at its deepest interior point, decoded as an Annotator click: the old label gives the place, not the extent",
 }

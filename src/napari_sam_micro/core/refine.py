@@ -56,7 +56,7 @@ __all__ = [
 #: Prompt recipes: what of the old object goes into the decoder besides its box.
 STRATEGIES = ("box", "box+mask", "box+point", "box+mask+point", "point")
 #: The recipe measured best on degraded DSB validation labels (docs/models.md).
-DEFAULT_STRATEGY = "box"
+DEFAULT_STRATEGY = "box+point"
 #: The old mask's box is padded by this fraction of its longer side (plus one pixel).
 DEFAULT_BOX_PAD = 0.1
 #: Magnitude of the logits a binary mask becomes for ``mask_input`` (inverse sigmoid of 0.999).
