@@ -48,7 +48,7 @@ def test_refining_eroded_dsb_labels_raises_mean_iou(shared_data):
     """Two held-out DSB fluorescence images, each object eroded by a quarter of its radius.
 
     Bar: +0.10 mean best-match IoU with the default prompt (box + interior click). Measured on the
-    first held-out image: 0.571 before, 0.780 after (docs/models.md); a refinement that misplaces
+    first held-out image: 0.571 before, 0.78-0.80 after (docs/models.md); a refinement that misplaces
     masks or ignores the objects gains nothing, so half the measured gain still separates working
     from broken with room for image-to-image spread on two images.
     """
