@@ -27,6 +27,12 @@ def _private_onnx_folder(tmp_path_factory):
     os.environ.pop("NAPARI_SAM_MICRO_ONNX_DIR", None)
 
 
+@pytest.fixture(autouse=True)
+def _private_settings(tmp_path, monkeypatch):
+    """Widget settings go to a file of this test, never the user's config (and never leak between tests)."""
+    monkeypatch.setenv("NAPARI_SAM_MICRO_SETTINGS", str(tmp_path / "settings.json"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip real-viewer tests (marker ``viewer``) when there is no screen (no DISPLAY)."""
     if os.environ.get("DISPLAY"):

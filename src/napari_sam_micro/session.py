@@ -67,6 +67,7 @@ from .core.preprocess import PreprocessConfig
 from .core.preencode import nearest_first, plan_object_windows, preencode_windows_job
 from .core.progress import Job, Progress, drain
 from .core.prompts import Prompts, object_prompts
+from .core.refine import RefinedObject, refine_objects_job
 from .core.seeded import SeededSegmentation, seeded_segmentation_job, with_embeddings
 from .core.windows import Window
 from .embeddings import ENCODE_BATCH, PlaneEmbeddings
@@ -431,6 +432,18 @@ class AnnotationSession:
             check=lambda: self._check_generation(generation),
             **options,
         )
+
+    def refine_job(self, labels: np.ndarray, ids=None, **options) -> Job[list[RefinedObject]]:
+        """Re-segment objects of a label plane of the current image: :func:`~napari_sam_micro.core.refine.refine_objects_job`.
+
+        ``labels`` is ``(H, W)`` int (not modified); ``ids`` the objects (default all); ``options``
+        ``strategy``, ``box_pad``, ``clicks``. Windows are encoded (and cached) in this job.
+        """
+        if self._plane is None:
+            raise ImageError("Choose an image before refining its labels.")
+        generation = self._generation
+        check = lambda: self._check_generation(generation)  # noqa: E731
+        return refine_objects_job(self.decode_context(), labels, self.embeddings_job, ids, check=check, **options)
 
     def _check_generation(self, generation: int) -> None:
         self._planes.check_generation(generation)

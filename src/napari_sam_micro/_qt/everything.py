@@ -18,7 +18,7 @@ Seeded mode (``crop_to_prompt`` models such as ``micro-tiny``): these 256-px mod
 object-centred crops and segment badly from grid points, so for them the widget offers
 "Seeds (object centres)": :func:`napari_sam_micro.core.seeds.find_seeds` proposes object centres
 by classical means (Otsu foreground, distance transform + intensity maxima) and
-:meth:`napari_sam_micro.session.AnnotationSession.segment_seeds_job` decodes each as a centred
+:func:`napari_sam_micro.segmentation.everything_job` decodes each as a centred
 click in its window. The grid filters do not apply to that mode (its masks are cleaned and
 de-duplicated by :func:`~napari_sam_micro.core.seeds.resolve_seeded_masks`); "Seed spacing" is its
 only setting.
@@ -30,43 +30,27 @@ from dataclasses import dataclass
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
-from superqt import QLabeledDoubleSlider
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFormLayout, QPushButton, QVBoxLayout, QWidget
 
+from .._napari.everything import EVERYTHING_ROLE, find_everything_layer, write_plane_labels
+from .._napari.layers import META_KEY, current_plane_index, image_geometry, plane_data
+from .._napari.state import ViewerState, embedding_model_id
 from ..core.automatic import AmgParams, AmgResult, CandidateSet, generate_candidates, labels_from_result
 from ..core.cache import content_digest, embedding_key
 from ..core.errors import UserInputError
 from ..core.preprocess import PreprocessConfig, normalize_image
 from ..core.progress import Progress
-from ..models.registry import available_models, default_model_name, get_spec
+from ..models.registry import get_spec
 from ..segmentation import EverythingOptions, EverythingResult, everything_job
-from .._napari.features import set_object_table
-from .._napari.layers import META_KEY, current_plane_index, image_geometry, layer_meta, plane_data
-from .._napari.state import ViewerState, embedding_model_id
+from .everything_form import MODE_GRID, MODE_SEEDS, EverythingForm
+from .forms import model_combo
+from .job_panel import JobPanel
 from .objects_table import LayerComboBox
-from .workers import notify_exception, start_job
+from .settings import PersistedControls
+from .workers import notify_exception
 
 __all__ = ["EverythingWidget", "EVERYTHING_ROLE", "labels_from_result", "write_plane_labels", "find_everything_layer"]
-
-#: ``layer.metadata["napari_sam_micro"]["role"]`` of the layer everything mode writes.
-EVERYTHING_ROLE = "everything"
-
-#: Values of :attr:`EverythingWidget.mode_combo`.
-MODE_GRID = "grid"
-MODE_SEEDS = "seeds"
 
 
 @dataclass(frozen=True)
@@ -78,99 +62,6 @@ class _Run:
     geometry: object
     index: tuple[int, ...]
     model_name: str
-
-
-def find_everything_layer(viewer, image_name: str, shape: tuple[int, ...]) -> Labels | None:
-    """The Labels layer everything mode made for ``image_name`` with data ``shape``, or None."""
-    for layer in viewer.layers:
-        meta = layer_meta(layer)
-        if (
-            isinstance(layer, Labels)
-            and meta.get("role") == EVERYTHING_ROLE
-            and meta.get("image") == image_name
-            and tuple(layer.data.shape) == tuple(shape)
-        ):
-            return layer
-    return None
-
-
-def _max_outside_plane(data: np.ndarray, index: tuple[int, ...]) -> int:
-    """Largest id of ``data`` outside the 2D plane ``index`` (0 for 2D data)."""
-    if not index:
-        return 0
-    data = np.asarray(data)
-    planes = data.reshape(-1, *data.shape[-2:])
-    k = int(np.ravel_multi_index(index, data.shape[:-2]))
-    top = 0
-    if k > 0:
-        top = max(top, int(planes[:k].max()))
-    if k + 1 < planes.shape[0]:
-        top = max(top, int(planes[k + 1 :].max()))
-    return top
-
-
-def write_plane_labels(layer: Labels, index: tuple[int, ...], labels: np.ndarray, table: dict) -> np.ndarray:
-    """Replace the objects of one 2D plane of ``layer`` by ``labels`` (one undo step) and their rows.
-
-    Parameters
-    ----------
-    layer : napari.layers.Labels
-        ``(..., H, W)`` layer.
-    index : tuple of int
-        Plane along the leading axes (``()`` for 2D).
-    labels : (H, W) int
-        New objects, ids ``1..K``; shifted above every id used in other planes so ids stay unique.
-    table : dict of str to list
-        Object rows of ``labels`` (``"index"`` = the unshifted ids).
-
-    Returns
-    -------
-    np.ndarray
-        The ids written into the layer.
-    """
-    index = tuple(int(i) for i in index)
-    offset = _max_outside_plane(layer.data, index)
-    labels = np.asarray(labels)
-    top = int(labels.max()) if labels.size else 0
-    dtype = np.dtype(layer.data.dtype)
-    if np.issubdtype(dtype, np.integer) and offset + top > np.iinfo(dtype).max:
-        raise UserInputError(
-            f"The labels layer '{layer.name}' ({layer.data.dtype}) cannot hold {offset + top} objects; "
-            "delete it so that a new uint32 layer is made."
-        )
-    new_plane = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
-    old_plane = np.asarray(layer.data[index]) if index else np.asarray(layer.data)
-    changed = np.nonzero(old_plane != new_plane)
-    if changed[0].size:
-        lead = tuple(np.full(changed[0].size, i, dtype=np.intp) for i in index)
-        with layer.block_history():
-            layer.data_setitem(lead + changed, new_plane[changed].astype(layer.data.dtype))
-    rows = dict(table)
-    rows["index"] = [int(i) + offset for i in table["index"]]
-    set_object_table(layer, rows, merge=True, keep_only_present=True)
-    return np.asarray(rows["index"], dtype=np.int64)
-
-
-def _slider(minimum: float, maximum: float, value: float, step: float, tooltip: str) -> QLabeledDoubleSlider:
-    slider = QLabeledDoubleSlider(Qt.Horizontal)
-    slider.setRange(minimum, maximum)
-    slider.setSingleStep(step)
-    slider.setDecimals(2)
-    slider.setValue(value)
-    slider.setToolTip(tooltip)
-    return slider
-
-
-def _spin(minimum: int, maximum: int, value: int, tooltip: str, suffix: str = "", special: str = "") -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(minimum, maximum)
-    spin.setValue(value)
-    spin.setToolTip(tooltip)
-    if suffix:
-        spin.setSuffix(suffix)
-    if special:
-        spin.setSpecialValueText(special)
-    return spin
 
 
 class EverythingWidget(QWidget):
@@ -201,138 +92,41 @@ class EverythingWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = ViewerState.for_viewer(napari_viewer)
-        self.worker = None
         self._run: _Run | None = None
         self.result: AmgResult | None = None
         self.seeded: EverythingResult | None = None
         self.output_layer: Labels | None = None
-
-        # -- inputs ------------------------------------------------------------------------
         self.image_combo = LayerComboBox(napari_viewer, Image, self)
         self.image_combo.setToolTip("Image to segment. For 3D / time-lapse data the plane shown in the viewer is used.")
-        self.model_combo = QComboBox(self)
-        for name in available_models():
-            spec = get_spec(name)
-            self.model_combo.addItem(spec.display_name, name)
-            self.model_combo.setItemData(self.model_combo.count() - 1, spec.description, Qt.ToolTipRole)
-        chosen = model or default_model_name()
-        if self.model_combo.findData(chosen) >= 0:
-            self.model_combo.setCurrentIndex(self.model_combo.findData(chosen))
-        self.model_combo.setToolTip("Segmentation model. Models marked offline need no download.")
-
-        self.mode_combo = QComboBox(self)
-        self.mode_combo.addItem("Seeds (object centres)", MODE_SEEDS)
-        self.mode_combo.addItem("Grid of points (SAM)", MODE_GRID)
-        self.mode_combo.setToolTip(
-            "Seeds: find object centres in the image (bright or dark blobs) and segment each with one "
-            "centred click; best for 256-px microscopy models such as micro-tiny. Grid: SAM's regular "
-            "grid of point prompts with instant filters; for SAM models."
+        self.model_combo = model_combo(self, model)
+        self.form = EverythingForm(self)
+        self._seed_box, self._grid_boxes = self.form.seed_box, self.form.grid_boxes
+        for name in EverythingForm.CONTROLS:  # the controls stay reachable as widget attributes
+            setattr(self, name, getattr(self.form, name))
+        self.job_panel = JobPanel(
+            "Segment everything", "Run the model on the displayed plane of the image (in the background).",
+            "Choose an image and press 'Segment everything'.", self,
         )
-        self.seed_spin = _spin(
-            2, 200, 5,
-            "Seeds mode: smallest distance between two object centres, in pixels (about the radius of the "
-            "smallest object). Larger values merge nearby seeds; smaller ones split objects.",
-            " px",
-        )
-        # -- model run parameters ----------------------------------------------------------
-        self.points_spin = _spin(
-            4, 128, 32,
-            "Number of point prompts along each side of the image: the model is asked 'what object is here?' "
-            "at points_per_side² grid points. More points find smaller objects but take longer "
-            "(time grows with the square). Changing it needs a new run.",
-        )
-        self.crop_layers_spin = _spin(
-            0, 3, 0,
-            "Also segment zoomed-in tiles of the image (1: 2×2 tiles, 2: also 4×4 …). Helps with many small "
-            "objects; each layer multiplies the run time. Changing it needs a new run.",
-        )
-
-        # -- filter parameters (instant) -----------------------------------------------------
-        self.iou_slider = _slider(
-            0.0, 1.0, 0.88, 0.01,
-            "Keep objects whose predicted IoU (the model's own estimate of mask quality) is above this. "
-            "Lower it to keep more, fainter objects; 0 switches the filter off. Applies instantly.",
-        )
-        self.stability_slider = _slider(
-            0.0, 1.0, 0.95, 0.01,
-            "Keep objects whose mask hardly changes when the model's cut-off is moved (stability score). "
-            "Lower it to keep objects with fuzzy borders; 0 switches the filter off. Applies instantly.",
-        )
-        self.nms_slider = _slider(
-            0.0, 1.0, 0.7, 0.01,
-            "Duplicate removal: of two objects whose bounding boxes overlap more than this (box IoU), "
-            "only the better one is kept. Lower it to remove more near-duplicates. Applies instantly.",
-        )
-        self.min_area_spin = _spin(
-            0, 10**9, 0,
-            "Remove objects smaller than this many pixels (debris, noise). Applies instantly.", " px", "off",
-        )
-        self.max_area_spin = _spin(
-            0, 10**9, 0,
-            "Remove objects larger than this many pixels (e.g. the background or a whole cell cluster "
-            "segmented as one object). Applies instantly.", " px", "no limit",
-        )
-        # -- microscopy post-processing ----------------------------------------------------
-        self.fill_holes_check = QCheckBox("Fill holes", self)
-        self.fill_holes_check.setToolTip("Fill holes inside each object (e.g. nucleoli, vacuoles). Applies instantly.")
-        self.fragment_spin = _spin(
-            0, 10**6, 0,
-            "Remove pieces of an object smaller than this many pixels (its largest piece always stays). "
-            "Applies instantly.", " px", "off",
-        )
-        self.largest_check = QCheckBox("Keep largest piece only", self)
-        self.largest_check.setToolTip("Keep only the largest connected piece of each object. Applies instantly.")
-
-        self.run_button = QPushButton("Segment everything", self)
-        self.run_button.setToolTip("Run the model on the displayed plane of the image (in the background).")
-        self.cancel_button = QPushButton("Cancel", self)
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar(self)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setTextVisible(True)
-        self.status = QLabel("Choose an image and press 'Segment everything'.", self)
-        self.status.setWordWrap(True)
-
-        # -- layout ----------------------------------------------------------------------------
+        panel = self.job_panel
+        self.run_button, self.cancel_button, self.progress, self.status = panel.run_button, panel.cancel_button, panel.progress, panel.status
+        self.reset_button = QPushButton("Reset to defaults", self)
+        self.reset_button.setToolTip("Put every setting of this widget back to its default (they are remembered otherwise).")
         inputs = QFormLayout()
         inputs.addRow("Image:", self.image_combo)
         inputs.addRow("Model:", self.model_combo)
         inputs.addRow("Mode:", self.mode_combo)
-        self._seed_box = QGroupBox("Seeds", self)
-        QFormLayout(self._seed_box).addRow("Seed spacing:", self.seed_spin)
-        run_box = QGroupBox("Model run", self)
-        run_form = QFormLayout(run_box)
-        run_form.addRow("Points per side:", self.points_spin)
-        run_form.addRow("Crop layers:", self.crop_layers_spin)
-        filter_box = QGroupBox("Filter (instant)", self)
-        filter_form = QFormLayout(filter_box)
-        filter_form.addRow("Predicted IoU ≥", self.iou_slider)
-        filter_form.addRow("Stability ≥", self.stability_slider)
-        filter_form.addRow("Box NMS:", self.nms_slider)
-        filter_form.addRow("Min object area:", self.min_area_spin)
-        filter_form.addRow("Max object area:", self.max_area_spin)
-        post_box = QGroupBox("Microscopy post-processing (instant)", self)
-        post_form = QFormLayout(post_box)
-        post_form.addRow(self.fill_holes_check)
-        post_form.addRow("Remove fragments <", self.fragment_spin)
-        post_form.addRow(self.largest_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button, 1)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(inputs)
-        layout.addWidget(self._seed_box)
-        layout.addWidget(run_box)
-        layout.addWidget(filter_box)
-        layout.addWidget(post_box)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        self._grid_boxes = (run_box, filter_box, post_box)
+        layout.addWidget(self.form)
+        layout.addWidget(self.job_panel)
+        layout.addWidget(self.reset_button)
+        self.settings = PersistedControls(
+            "everything", {"model": self.model_combo, **self.form.controls()}, keep=("model",) if model else ()
+        )
         self._update_mode_controls()
+        self._wire()
 
-        # -- wiring ------------------------------------------------------------------------------
+    def _wire(self) -> None:
         self._filter_timer = QTimer(self)
         self._filter_timer.setSingleShot(True)
         self._filter_timer.setInterval(40)
@@ -349,7 +143,12 @@ class EverythingWidget(QWidget):
         self.model_combo.currentIndexChanged.connect(self._update_mode_controls)
         self.mode_combo.currentIndexChanged.connect(self._update_mode_controls)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.reset_button.clicked.connect(self.settings.reset)
+
+    @property
+    def worker(self):
+        """The running job's worker, or None."""
+        return self.job_panel.worker
 
     # -- parameters -------------------------------------------------------------------------
     @property
@@ -372,25 +171,11 @@ class EverythingWidget(QWidget):
         return str(self.mode_combo.currentData())
 
     def _update_mode_controls(self, *_args) -> None:
-        self.mode_combo.setEnabled(self.seeds_available())  # SAM models: grid only
-        seeded = self.mode() == MODE_SEEDS
-        self._seed_box.setVisible(seeded)
-        for box in self._grid_boxes:
-            box.setVisible(not seeded)
+        self.form.show_mode(self.mode() == MODE_SEEDS, self.seeds_available())
 
     def params(self) -> AmgParams:
         """:class:`AmgParams` from the controls (``max_mask_region_area`` None when 'no limit')."""
-        return AmgParams(
-            points_per_side=self.points_spin.value(),
-            crop_n_layers=self.crop_layers_spin.value(),
-            pred_iou_thresh=round(float(self.iou_slider.value()), 4),
-            stability_score_thresh=round(float(self.stability_slider.value()), 4),
-            box_nms_thresh=round(float(self.nms_slider.value()), 4),
-            max_mask_region_area=self.max_area_spin.value() or None,
-            fill_holes=self.fill_holes_check.isChecked(),
-            min_fragment_area=self.fragment_spin.value(),
-            keep_largest_component=self.largest_check.isChecked(),
-        )
+        return self.form.params()
 
     def is_busy(self) -> bool:
         """A model run is in progress."""
@@ -423,20 +208,11 @@ class EverythingWidget(QWidget):
             key = embedding_key(content_digest(plane), embedding_model_id(model_name), config.key())
             job = self._job(model_name, plane, config, params, key)
             on_result = lambda cands: self._on_candidates(cands, target)  # noqa: E731
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setRange(0, 0)
-        self.status.setText(f"Segmenting '{image_layer.name}'" + (f" plane {index}" if index else "") + " …")
-        self.worker = start_job(
-            job,
-            on_progress=self._on_progress,
-            on_result=on_result,
-            on_error=self._on_error,
-            on_aborted=lambda: self.status.setText("Cancelled; the labels were not changed."),
-            on_finished=self._on_finished,
-            context="Automatic segmentation",
+        where = f"'{image_layer.name}'" + (f" plane {index}" if index else "")
+        return self.job_panel.start(
+            job, on_result=on_result, on_error=self._on_error, on_finished=self._on_finished,
+            context="Automatic segmentation", status=f"Segmenting {where} …",
         )
-        return self.worker
 
     def _job(self, model_name, plane, config, params, key):
         model = yield from self.state.models.get_job(model_name)
@@ -476,30 +252,16 @@ class EverythingWidget(QWidget):
 
     def cancel(self) -> None:
         """Stop the running job at its next step (the labels stay as they were)."""
-        if self.worker is not None:
-            self.worker.quit()
-            self.status.setText("Cancelling …")
-
-    def _on_progress(self, report: Progress) -> None:
-        if report.total:
-            self.progress.setRange(0, report.total)
-            self.progress.setValue(report.done)
-        else:
-            self.progress.setRange(0, 0)
-        if report.message:
-            self.progress.setFormat(f"{report.message} (%p%)" if report.total else report.message)
+        self.job_panel.cancel()
 
     def _on_error(self, err: BaseException) -> None:
         self.status.setText(str(err) if isinstance(err, UserInputError) else f"Failed: {err}")
         notify_exception(err, "Automatic segmentation")
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self._run is not None or self.seeded is not None else 0)
-        self.progress.setFormat("%p%")
+    def _on_finished(self, aborted: bool) -> None:
+        if aborted:
+            self.status.setText("Cancelled; the labels were not changed.")
+        self.job_panel.reset_progress(1 if not aborted and (self._run is not None or self.seeded is not None) else 0)
 
     def _on_candidates(self, candidates: CandidateSet, target) -> None:
         image_layer, geometry, index, model_name = target

@@ -1,0 +1,103 @@
+"""Widget settings survive a new widget instance, reset to defaults, and a damaged file is ignored."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.components import ViewerModel  # noqa: E402
+
+from napari_sam_micro._qt.everything import EverythingWidget  # noqa: E402
+from napari_sam_micro._qt.refine import RefineWidget  # noqa: E402
+from napari_sam_micro._qt.settings import SETTINGS_ENV, load_section, settings_path  # noqa: E402
+
+
+def test_tests_never_touch_the_users_settings(tmp_path):
+    assert settings_path() == tmp_path / "settings.json"
+    assert os.environ[SETTINGS_ENV] == str(tmp_path / "settings.json")
+
+
+def test_everything_settings_are_restored_in_a_new_widget_and_reset(qtbot):
+    viewer = ViewerModel()
+    first = EverythingWidget(viewer)
+    qtbot.addWidget(first)
+    defaults = first.settings.values()
+    first.iou_slider.setValue(0.5)
+    first.points_spin.setValue(12)
+    first.fill_holes_check.setChecked(True)
+    first.mode_combo.setCurrentIndex(first.mode_combo.findData("grid"))
+    stored = load_section("everything")
+    assert stored["iou"] == pytest.approx(0.5) and stored["points"] == 12 and stored["fill_holes"] is True
+
+    second = EverythingWidget(viewer)
+    qtbot.addWidget(second)
+    assert second.iou_slider.value() == pytest.approx(0.5)
+    assert second.points_spin.value() == 12 and second.fill_holes_check.isChecked()
+    assert second.mode_combo.currentData() == "grid"
+
+    second.reset_button.click()
+    assert second.settings.values() == defaults
+    assert load_section("everything") == {}
+    third = EverythingWidget(viewer)
+    qtbot.addWidget(third)
+    assert third.settings.values() == defaults
+
+
+def test_an_explicit_model_wins_and_unknown_values_are_skipped(qtbot, tmp_path):
+    settings_path().write_text(json.dumps({"refine": {"model": "no-such-model", "strategy": "box+mask", "overwrite": True}}))
+    viewer = ViewerModel()
+    widget = RefineWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.strategy_combo.currentData() == "box+mask" and widget.overwrite_check.isChecked()
+    assert widget.model_name() != "no-such-model"  # not installed: the default stays
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("tiny-test"))
+    explicit = RefineWidget(viewer, model=widget.model_combo.itemData(0))
+    qtbot.addWidget(explicit)
+    assert explicit.model_name() == widget.model_combo.itemData(0)
+
+
+def test_a_damaged_settings_file_gives_the_defaults_with_a_warning(qtbot, caplog):
+    viewer = ViewerModel()
+    fresh = EverythingWidget(viewer)
+    qtbot.addWidget(fresh)
+    defaults = fresh.settings.values()
+    settings_path().write_text("{ not json")
+    with caplog.at_level(logging.WARNING):
+        widget = EverythingWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.settings.values() == defaults
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+    widget.points_spin.setValue(20)  # the next change rewrites a valid file
+    assert load_section("everything")["points"] == 20
+
+
+def test_annotator_settings_are_restored_and_reset(qtbot):
+    from napari_sam_micro._qt.annotator import AnnotatorWidget
+
+    viewer = ViewerModel()
+    first = AnnotatorWidget(viewer, auto_embed=False)
+    qtbot.addWidget(first)
+    defaults = first.settings.values()
+    first.device_combo.setCurrentText("cpu")
+    first.channel_combo.setCurrentIndex(1)
+    first.channels_edit.setText("0,2")
+    first.channels_edit.editingFinished.emit()
+    first.model_form.low_spin.setValue(2.0)
+    first.model_form.high_spin.setValue(99.0)
+    first.preencode_check.setChecked(False)
+
+    second = AnnotatorWidget(viewer, auto_embed=False)
+    qtbot.addWidget(second)
+    assert second.device() == "cpu" and second.model_form.channel_axis() == 0
+    assert second.channels_edit.text() == "0,2" and not second.preencode_check.isChecked()
+    assert (second.model_form.low_spin.value(), second.model_form.high_spin.value()) == (2.0, 99.0)
+    second.reset_button.click()
+    assert second.settings.values() == defaults
+    for w in (first, second):
+        w.shutdown()
