@@ -351,14 +351,20 @@ def previews(
     return out
 
 
-def decode_object(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, emb: Embedding, mask_input=None, choose=None) -> ObjectPreview:
-    """One decoder call for one object (points and/or box) in ``window``; the object's preview."""
+def _window_args(obj: ObjectPrompt, window: Window | None):
+    """The object's decoder arguments ``(coords, labels, box)`` in ``window``'s frame (float32)."""
     off = _offset(window)
     coords, labels, box = obj.decoder_args()
     if coords is not None:
         coords = (coords - off[None, None, :]).astype(np.float32)
     if box is not None:
         box = (box - np.tile(off, 2)[None]).astype(np.float32)
+    return coords, labels, box
+
+
+def decode_object(ctx: DecodeContext, obj: ObjectPrompt, window: Window | None, emb: Embedding, mask_input=None, choose=None) -> ObjectPreview:
+    """One decoder call for one object (points and/or box) in ``window``; the object's preview."""
+    coords, labels, box = _window_args(obj, window)
     multimask = mask_input is None and box is None and coords is not None and coords.shape[1] == 1
     out = ctx.model.decode(emb, point_coords=coords, point_labels=labels, boxes=box, mask_input=mask_input, multimask_output=multimask)
     return previews(ctx, window, emb, out.low_res_logits, out.iou_predictions, [obj.kind], choose if multimask else None)[0]
@@ -581,12 +587,7 @@ def decode_multimask(ctx: DecodeContext, obj: ObjectPrompt, window: Window | Non
     Raises :class:`EmbeddingNotReady` when ``window`` is still to encode.
     """
     emb = ctx.get_embedding(window)
-    off = _offset(window)
-    coords, labels, box = obj.decoder_args()
-    if coords is not None:
-        coords = (coords - off[None, None, :]).astype(np.float32)
-    if box is not None:
-        box = (box - np.tile(off, 2)[None]).astype(np.float32)
+    coords, labels, box = _window_args(obj, window)
     out = ctx.model.decode(emb, point_coords=coords, point_labels=labels, boxes=box, multimask_output=True)
     n = out.iou_predictions.shape[1]
     # each candidate as its own row: previews() keeps one mask per row
