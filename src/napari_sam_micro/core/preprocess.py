@@ -110,8 +110,10 @@ class PreprocessConfig:
         return key
 
 
-def sample_step(shape_hw, max_samples: int = PERCENTILE_MAX_SAMPLES) -> int:
-    """Stride of the regular subsample on which the percentiles of an ``(H, W)`` plane are measured."""
+def sample_step(shape_hw, max_samples: int | None = None) -> int:
+    """Stride of the regular subsample on which the percentiles of an ``(H, W)`` plane are measured
+    (``max_samples`` default: :data:`PERCENTILE_MAX_SAMPLES`)."""
+    max_samples = PERCENTILE_MAX_SAMPLES if max_samples is None else int(max_samples)
     n = int(shape_hw[0]) * int(shape_hw[1])
     if n <= max_samples:
         return 1
@@ -123,7 +125,7 @@ def _sample(channel: np.ndarray) -> np.ndarray:
     return channel if step == 1 else channel[::step, ::step]
 
 
-def sample_plane(plane, max_samples: int = PERCENTILE_MAX_SAMPLES) -> np.ndarray:
+def sample_plane(plane, max_samples: int | None = None) -> np.ndarray:
     """The strided subsample of a (lazy) plane on which its percentiles are measured.
 
     Reads every ``s``-th row and column only (:func:`sample_step`), so a dask or zarr plane of any
