@@ -131,7 +131,9 @@ def test_two_worker_local_cluster_gives_identical_outputs(tmp_path, disk_test_mo
     import cloudpickle
 
     src = _folder(tmp_path)
-    settings = BatchSettings("disk-test")
+    big, _ = disk_plane((200, 170), n=8, radius=8, seed=5)
+    tifffile.imwrite(src / "big.tif", big)  # larger than the tile: its tiles are tasks
+    settings = BatchSettings("disk-test", tile=100, halo=24)
     local = drain(run_batch_job([str(src)], tmp_path / "local", settings))
     # the scripted model lives in the tests: send it to the workers by value
     cloudpickle.register_pickle_by_value(sys.modules[DiskModel.__module__])
@@ -140,8 +142,10 @@ def test_two_worker_local_cluster_gives_identical_outputs(tmp_path, disk_test_mo
         with distributed.Client(cluster) as client:
             client.run(_register_disk_test)
             remote = drain(run_batch_job([str(src)], tmp_path / "remote", settings, scheduler=cluster.scheduler_address))
-    assert (remote["done"], remote["failed"]) == (local["done"], local["failed"]) == (2, 1)
+    assert (remote["done"], remote["failed"]) == (local["done"], local["failed"]) == (3, 1)
     assert [r["status"] for r in remote["images"]] == [r["status"] for r in local["images"]]
-    for name in ("a_labels.tif", "b_labels.tif"):
+    assert len(np.unique(tifffile.imread(tmp_path / "remote" / "big_labels.tif"))) == 9
+    assert [r.get("tile_tasks") for r in remote["images"]] == [False, False, True, None]  # a, b, big, broken
+    for name in ("a_labels.tif", "b_labels.tif", "big_labels.tif"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "remote" / name), tifffile.imread(tmp_path / "local" / name))
         assert (tmp_path / "remote" / name.replace(".tif", ".csv")).read_text() == (tmp_path / "local" / name.replace(".tif", ".csv")).read_text()

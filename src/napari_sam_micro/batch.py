@@ -42,9 +42,28 @@ from .core.export import write_labels, write_table
 from .core.preprocess import PreprocessConfig
 from .core.progress import Job, Progress, drain
 from .segmentation import EverythingOptions, everything_job
-from .tiling import DEFAULT_HALO, DEFAULT_TILE, needs_tiling, tiled_everything_job, zarr_canvas
+from .tiling import (
+    DEFAULT_HALO,
+    DEFAULT_TILE,
+    needs_tiling,
+    read_tile,
+    segment_tile_pixels,
+    tiled_everything_job,
+    zarr_canvas,
+)
 
-__all__ = ["BatchSettings", "discover_inputs", "output_paths", "segment_file", "run_one", "model_checksum"]
+__all__ = [
+    "BatchSettings",
+    "discover_inputs",
+    "output_paths",
+    "segment_file",
+    "run_one",
+    "run_one_job",
+    "segment_tile_task",
+    "open_input",
+    "is_large",
+    "model_checksum",
+]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 ZARR_SUFFIXES = (".zarr",)
@@ -148,13 +167,13 @@ class _Image:
     ome_axes: list | None = None  # OME-Zarr axes of the image (to write labels alike)
 
 
-def _open_tiff(path: Path) -> _Image:
+def _open_tiff(path: Path, lazy: bool = False) -> _Image:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
         series = tf.series[0]
         axes, shape, nbytes = series.axes, tuple(series.shape), series.size * series.dtype.itemsize
-        if nbytes <= LAZY_BYTES:
+        if nbytes <= LAZY_BYTES and not lazy:
             data = series.asarray()
         else:
             data = None
@@ -185,12 +204,13 @@ def _open_zarr(path: Path) -> _Image:
     return _Image(data, tuple(axes[:-2]), False, ms.get("axes"))
 
 
-def _open(path: Path) -> _Image:
+def _open(path: Path, lazy: bool = False) -> _Image:
+    """The image's array (read lazily when large or when ``lazy``: only what is sliced is read)."""
     if _is_zarr(path):
         return _open_zarr(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        return _open_tiff(path)
+        return _open_tiff(path, lazy)
     if suffix == ".npy":
         data = np.load(path, mmap_mode="r", allow_pickle=False)
         return _Image(data, tuple(f"axis{k}" for k in range(data.ndim - 2)), False)
@@ -235,29 +255,80 @@ def _model(settings: BatchSettings):
     return store.get(settings.model, settings.device, settings.checkpoint), spec
 
 
+def _spec(settings: BatchSettings):
+    from .models.registry import get_spec
+
+    return get_spec(settings.model)
+
+
+def is_large(image, settings: BatchSettings) -> bool:
+    """Whether the planes of an opened input (see :func:`open_input`) are tiled."""
+    rgb = 1 if image.rgb else 0
+    shape = image.data.shape
+    return needs_tiling(shape[len(shape) - 2 - rgb : len(shape) - rgb], settings.tile)
+
+
+def open_input(path, lazy: bool = True):
+    """An input's array (lazy), its leading axes and whether it is RGB (for planning tile tasks)."""
+    return _open(Path(path), lazy)
+
+
+def segment_tile_task(path, index, tile, settings: BatchSettings, config: PreprocessConfig):
+    """One tile of one plane of an input, segmented where this runs (a Dask task).
+
+    Returns
+    -------
+    labels : (h, w) uint32 or None
+        The tile's objects in its outer window (None: a blank tile).
+    table : dict or None
+    """
+    plane = _plane(_open(Path(path), lazy=True).data, tuple(index))
+    pixels = read_tile(plane, tile)
+    if _is_blank(pixels):
+        return None, None
+    model, spec = _model(settings)
+    res = drain(segment_tile_pixels(model, pixels, spec, config, settings.options))
+    return (None, None) if res is None else (res.labels, res.table)
+
+
+def _is_blank(pixels) -> bool:
+    flat = pixels.reshape(-1, *pixels.shape[2:]) if pixels.ndim > 2 else pixels.ravel()
+    return bool(flat.size == 0 or np.all(flat == flat[0]))
+
+
 def _plane(data, index: tuple[int, ...]):
     return data[index] if index else data
 
 
-def _segment_plane_job(model, spec, plane, settings: BatchSettings, config: PreprocessConfig, canvas_dir: Path | None):
+def _segment_plane_job(model, spec, plane, settings: BatchSettings, config: PreprocessConfig, canvas_dir: Path | None, run_tiles=None):
     if needs_tiling(plane.shape[:2], settings.tile):
         canvas = zarr_canvas(plane.shape[:2], canvas_dir)
         res = yield from tiled_everything_job(
-            model, plane, spec, tile=settings.tile, halo=settings.halo, preprocess=config, options=settings.options, canvas=canvas
+            model, plane, spec, tile=settings.tile, halo=settings.halo, preprocess=config, options=settings.options,
+            canvas=canvas, run_tiles=run_tiles,
         )
         return res.labels, res.table
     res = yield from everything_job(model, np.asarray(plane), spec, preprocess=config, options=settings.options)
     return res.labels, res.table
 
 
-def segment_file(path, out_dir, settings: BatchSettings) -> Job[dict]:
+def segment_file(path, out_dir, settings: BatchSettings, tile_runner=None) -> Job[dict]:
     """Segment every plane of one input and write its labels and table (a job returning a summary).
+
+    Parameters
+    ----------
+    path, out_dir : path-like
+    settings : BatchSettings
+    tile_runner : callable, optional
+        ``tile_runner(path, plane_index)`` gives the ``run_tiles`` of
+        :func:`~napari_sam_micro.tiling.tiled_everything_job` for a large plane (tiles as Dask
+        tasks); default: tiles run here. The model is then loaded only where tiles run.
 
     Returns
     -------
     dict
         ``input``, ``labels``, ``table``, ``status`` (``done`` or ``skipped``), ``objects``,
-        ``planes``, ``seconds``.
+        ``planes``, ``tile_tasks`` (its tiles ran through ``tile_runner``), ``seconds``.
 
     Raises
     ------
@@ -270,8 +341,10 @@ def segment_file(path, out_dir, settings: BatchSettings) -> Job[dict]:
     if table_path.exists() and labels_path.exists() and not settings.overwrite:
         return {**summary, "status": "skipped"}
     start = time.perf_counter()
-    image = _open(path)
-    model, spec = _model(settings)
+    image = _open(path, lazy=tile_runner is not None)
+    tile_tasks = tile_runner is not None and is_large(image, settings)
+    model, spec = (None, _spec(settings)) if tile_tasks else _model(settings)
+    tile_runner = tile_runner if tile_tasks else None
     checksum = model_checksum(spec, settings.checkpoint)
     config = dataclasses.replace(settings.preprocess, rgb=image.rgb or settings.preprocess.rgb)
     lead_shape = tuple(image.data.shape[: len(image.leading)])
@@ -280,8 +353,9 @@ def segment_file(path, out_dir, settings: BatchSettings) -> Job[dict]:
         planes, rows, next_id = [], [], 1
         for k, index in enumerate(np.ndindex(*lead_shape)):
             yield Progress(k, int(np.prod(lead_shape, dtype=int)), f"{path.name}: plane {k + 1}")
+            run_tiles = tile_runner(str(path), index) if tile_runner is not None else None
             labels, table = yield from _segment_plane_job(
-                model, spec, _plane(image.data, index), settings, config, work / f"plane{k}.zarr"
+                model, spec, _plane(image.data, index), settings, config, work / f"plane{k}.zarr", run_tiles
             )
             labels, table, next_id = _renumber(labels, table, next_id)
             table.update({f"plane_{ax}": [i] * len(table["index"]) for ax, i in zip(image.leading, index)})
@@ -292,7 +366,7 @@ def segment_file(path, out_dir, settings: BatchSettings) -> Job[dict]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {**summary, "status": "done", "objects": len(table["index"]), "planes": len(planes),
-            "seconds": round(time.perf_counter() - start, 3)}
+            "tile_tasks": tile_tasks, "seconds": round(time.perf_counter() - start, 3)}
 
 
 def _renumber(labels, table: dict, next_id: int):
@@ -392,8 +466,13 @@ def run_one(path, out_dir, settings: BatchSettings) -> dict:
     The task of a Dask worker. Errors of the input itself (unreadable, wrong shape ...) are
     reported, not raised, so they are not retried; a crash of the worker is retried by Dask.
     """
+    return drain(run_one_job(path, out_dir, settings))
+
+
+def run_one_job(path, out_dir, settings: BatchSettings, tile_runner=None) -> Job[dict]:
+    """:func:`run_one` as a job (``tile_runner``: see :func:`segment_file`)."""
     start = time.perf_counter()
     try:
-        return drain(segment_file(path, out_dir, settings))
+        return (yield from segment_file(path, out_dir, settings, tile_runner))
     except (UserInputError, OSError, ValueError, KeyError, TypeError, IndexError) as err:
         return {"input": str(path), "status": "failed", "error": _describe(err), "seconds": round(time.perf_counter() - start, 3)}

@@ -1,10 +1,13 @@
 """Running a batch here or on a Dask distributed cluster (``segment --workers N / --scheduler``).
 
 One task per input image (:func:`napari_sam_micro.batch.run_one`): the task reads the image,
-segments it (tile by tile when it is large) and writes its outputs itself, so results reach the
-disk as each task finishes and nothing large travels back to the client. Each worker process loads
-the model once (a per-process :class:`~napari_sam_micro.models.registry.ModelStore`) and keeps it
-for all its tasks.
+segments it and writes its outputs itself, so results reach the disk as each task finishes and
+nothing large travels back to the client. An image whose planes are larger than the tile size is
+instead split into one task per tile (:func:`napari_sam_micro.batch.segment_tile_task`: the worker
+reads its tile from the file); the client stitches the tiles in plan order into a zarr canvas on
+disk and writes the outputs, so a large image is spread over all workers. Each worker process
+loads the model once (a per-process :class:`~napari_sam_micro.models.registry.ModelStore`) and
+keeps it for all its tasks.
 
 * ``workers=N``: a ``dask.distributed.LocalCluster`` of N worker processes, each with
   ``cores // N`` threads (the encoder's thread count is set to match), started and closed here.
@@ -22,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from .batch import BatchSettings, discover_inputs, run_one
+from .batch import BatchSettings, discover_inputs, is_large, open_input, run_one, run_one_job, segment_tile_task
 from .core.progress import Job, Progress
 
 __all__ = ["run_batch_job", "TASK_RETRIES"]
@@ -110,11 +113,16 @@ def _cluster_job(paths, out_dir, settings, workers, scheduler, report) -> Job[di
     found: dict[int, dict] = {}
     try:
         with Client(scheduler or cluster) as client:
-            yield Progress(0, len(paths), "tasks sent")
+            large = [k for k, p in enumerate(paths) if _is_large(p, settings)]
             futures = {
                 client.submit(run_one, str(p), str(out_dir), settings, retries=TASK_RETRIES, pure=False, key=f"segment-{k}-{p.name}"): k
                 for k, p in enumerate(paths)
+                if k not in large
             }
+            yield Progress(0, len(paths), "tasks sent")
+            for k in large:  # their tiles queue behind the image tasks and run on every worker
+                found[k] = yield from _large_image_job(client, paths[k], out_dir, settings)
+                report(found[k])
             for fut in as_completed(futures):
                 k = futures[fut]
                 found[k] = _result(fut, paths[k])
@@ -124,6 +132,36 @@ def _cluster_job(paths, out_dir, settings, workers, scheduler, report) -> Job[di
         if cluster is not None:
             cluster.close()
     return found
+
+
+def _is_large(path, settings) -> bool:
+    try:
+        return is_large(open_input(path), settings)
+    except Exception:  # an unreadable file: its image task reports the error
+        return False
+
+
+def _large_image_job(client, path, out_dir, settings) -> Job[dict]:
+    """One large image: its tiles as tasks, stitched and written here."""
+
+    def tile_runner(src: str, index):
+        def run_tiles(tiles, config):
+            futs = [
+                client.submit(segment_tile_task, src, tuple(index), t, settings, config, retries=TASK_RETRIES, pure=False)
+                for t in tiles
+            ]
+            for t, fut in zip(tiles, futs):
+                yield Progress(0, 0, f"{Path(src).name}: waiting for tile {t.index + 1}")
+                labels, table = fut.result()  # in plan order: the stitching is the same as here
+                fut.release()
+                yield t, labels, table
+
+        return run_tiles
+
+    try:
+        return (yield from run_one_job(path, out_dir, settings, tile_runner))
+    except Exception as err:  # a tile failed after its retry (e.g. KilledWorker)
+        return {"input": str(path), "status": "failed", "error": f"{type(err).__name__}: {err} (after {TASK_RETRIES} retry)"}
 
 
 def _result(fut, path) -> dict:

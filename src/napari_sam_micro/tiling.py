@@ -33,6 +33,9 @@ __all__ = [
     "TiledResult",
     "tiled_everything_job",
     "segment_tile",
+    "segment_tile_pixels",
+    "local_tiles",
+    "read_tile",
     "full_resolution",
     "needs_tiling",
     "zarr_canvas",
@@ -102,13 +105,6 @@ def zarr_canvas(shape_hw, path=None, chunk: int = 1024):
     )
 
 
-def _read(plane, tile: Tile) -> np.ndarray:
-    part = plane[tile.slices]
-    if hasattr(part, "compute"):  # dask: only this tile's chunks are read
-        part = part.compute()
-    return np.asarray(part)
-
-
 def segment_tile(model, plane_tile, spec, preprocess, options, cache=None, model_id=None) -> Job[EverythingResult]:
     """Everything mode on one tile's pixels (a job); ``preprocess`` must carry ``value_ranges``."""
     if preprocess.value_ranges is None and not preprocess.rgb:
@@ -129,6 +125,7 @@ def tiled_everything_job(
     model_id: str | None = None,
     canvas=None,
     min_score: float = STITCH_MIN_SCORE,
+    run_tiles=None,
 ) -> Job[TiledResult]:
     """Segment every object of a large (lazy) plane tile by tile; a job returning :class:`TiledResult`.
 
@@ -152,6 +149,10 @@ def tiled_everything_job(
         an in-memory zarr array (:func:`zarr_canvas`; pass one on disk for very large planes).
     min_score : float
         See :class:`~napari_sam_micro.core.tiles.TileStitcher`.
+    run_tiles : callable, optional
+        ``run_tiles(tiles, preprocess)``: a generator yielding :class:`Progress` and, for every tile
+        in plan order, ``(tile, labels, table)`` (``labels`` None for a blank tile); e.g. tiles run
+        as Dask tasks (:mod:`napari_sam_micro.scaleout`). Default: here, one after the other.
     """
     plane = full_resolution(plane)
     options = options or EverythingOptions()
@@ -165,15 +166,44 @@ def tiled_everything_job(
         canvas = np.zeros((h, w), np.uint32) if h * w <= 8192 * 8192 else zarr_canvas((h, w))
     stitcher = TileStitcher(canvas, min_score)
     tiles = plan_tiles((h, w), tile, halo)
-    for k, t in enumerate(tiles):
-        yield Progress(k, len(tiles), f"Tile {k + 1} of {len(tiles)}")
-        pixels = _read(plane, t)
-        if not _blank(pixels):
-            tile_cache = cache if cache is not None else EmbeddingCache()
-            res = yield from segment_tile(model, pixels, spec, config, options, tile_cache, model_id)
-            stitcher.add(t, res.labels, res.table)
-    yield Progress(len(tiles), len(tiles), "Tiles stitched")
+    if run_tiles is None:
+        source = local_tiles(model, plane, spec, tiles, config, options, cache, model_id)
+    else:
+        source = run_tiles(tiles, config)
+    done = 0
+    for item in source:
+        if isinstance(item, Progress):
+            yield Progress(done, len(tiles), f"Tile {done + 1} of {len(tiles)}: {item.message}")
+            continue
+        t, labels, table = item
+        if labels is not None:
+            stitcher.add(t, labels, table)
+        done += 1
+        yield Progress(done, len(tiles), f"Tile {done} of {len(tiles)} stitched")
     return TiledResult(canvas, stitcher.table(), mode, len(tiles), stitcher.merged, stitcher.cut, config)
+
+
+def local_tiles(model, plane, spec, tiles, config, options, cache=None, model_id=None):
+    """The tiles segmented here in plan order: yields :class:`Progress` and ``(tile, labels, table)``."""
+    for t in tiles:
+        res = yield from segment_tile_pixels(model, read_tile(plane, t), spec, config, options, cache, model_id)
+        yield (t, None, None) if res is None else (t, res.labels, res.table)
+
+
+def read_tile(plane, tile: Tile) -> np.ndarray:
+    """The pixels of ``tile``'s outer window (only its chunks are read from a lazy plane)."""
+    part = plane[tile.slices]
+    if hasattr(part, "compute"):  # dask
+        part = part.compute()
+    return np.asarray(part)
+
+
+def segment_tile_pixels(model, pixels, spec, config, options, cache=None, model_id=None) -> Job[EverythingResult | None]:
+    """Everything mode on one tile's pixels; None for a blank (constant) tile, which needs no model."""
+    if _blank(pixels):
+        return None
+    tile_cache = cache if cache is not None else EmbeddingCache()
+    return (yield from segment_tile(model, pixels, spec, config, options, tile_cache, model_id))
 
 
 def _blank(pixels: np.ndarray) -> bool:
