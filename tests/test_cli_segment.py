@@ -149,3 +149,20 @@ def test_two_worker_local_cluster_gives_identical_outputs(tmp_path, disk_test_mo
     for name in ("a_labels.tif", "b_labels.tif", "big_labels.tif"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "remote" / name), tifffile.imread(tmp_path / "local" / name))
         assert (tmp_path / "remote" / name.replace(".tif", ".csv")).read_text() == (tmp_path / "local" / name.replace(".tif", ".csv")).read_text()
+
+
+@pytest.mark.slow
+def test_local_cluster_threads_follow_the_cores(monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    import os
+
+    from napari_sam_micro import scaleout
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    cluster = scaleout._local_cluster(2)
+    try:
+        with distributed.Client(cluster) as client:
+            assert sorted(client.nthreads().values()) == [2, 2]
+            assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"2"}
+    finally:
+        cluster.close()
