@@ -284,16 +284,9 @@ def segment_tile_task(path, index, tile, settings: BatchSettings, config: Prepro
     """
     plane = _plane(_open(Path(path), lazy=True).data, tuple(index))
     pixels = read_tile(plane, tile)
-    if _is_blank(pixels):
-        return None, None
     model, spec = _model(settings)
     res = drain(segment_tile_pixels(model, pixels, spec, config, settings.options))
     return (None, None) if res is None else (res.labels, res.table)
-
-
-def _is_blank(pixels) -> bool:
-    flat = pixels.reshape(-1, *pixels.shape[2:]) if pixels.ndim > 2 else pixels.ravel()
-    return bool(flat.size == 0 or np.all(flat == flat[0]))
 
 
 def _plane(data, index: tuple[int, ...]):
