@@ -1,9 +1,10 @@
-"""Command line: ``napari-sam-micro evaluate`` and ``napari-sam-micro metrics``.
+"""Command line: ``napari-sam-micro evaluate``, ``metrics`` and ``segment``.
 
 ::
 
     napari-sam-micro evaluate --model micro-tiny --data ../shared/data --split val --limit 5 --json out.json
     napari-sam-micro metrics gt_labels.tif pred_labels.tif --json
+    napari-sam-micro segment images/ scan.ome.zarr "plate/*.tif" --out results/ --workers 2 --json summary.json
 
 ``evaluate`` prompts every ground-truth object as a simulated user (see
 :mod:`napari_sam_micro.evaluation`) and prints a table of mean IoU per prompt kind and modality,
@@ -12,6 +13,12 @@ to stderr. With ``--json`` the output file is checked before the run and rewritt
 after every image, so an interrupted run keeps its results; an image that cannot be evaluated is
 skipped and named, and the exit code is then 2. ``metrics`` scores a predicted label image against ground truth
 (:func:`napari_sam_micro.core.metrics.instance_scores`).
+
+``segment`` runs the everything mode on every image (see :mod:`napari_sam_micro.batch`; large
+planes tile by tile) and writes ``<name>_labels.tif`` (OME-Zarr input: ``<name>_labels.ome.zarr``)
+and ``<name>_labels.csv`` into ``--out``; finished images are skipped on a rerun; ``--workers N`` /
+``--scheduler ADDRESS`` run the images on Dask distributed (:mod:`napari_sam_micro.scaleout`). An
+image that fails is named on an ``error:`` line at once, the others go on, and the exit code is 2.
 
 Every error the user can fix is printed as ``error: ...`` (naming the file) with exit code 2.
 """
@@ -146,6 +153,85 @@ def _metrics(args) -> int:
     return 0
 
 
+def _segment_settings(args):
+    from .batch import BatchSettings
+    from .core.automatic import AmgParams
+    from .core.preprocess import PreprocessConfig
+    from .segmentation import EverythingOptions
+
+    grid = AmgParams(pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh)
+    options = EverythingOptions(
+        mode=args.mode, min_distance=args.min_distance, iou_floor=args.iou_floor, nms_thresh=args.nms_thresh,
+        min_area=args.min_area, grid=grid,
+    )
+    try:
+        lo, hi = (float(v) for v in args.percentiles.split(","))
+        config = PreprocessConfig(percentiles=(lo, hi))
+    except ValueError as err:
+        raise UserInputError(f"--percentiles takes two numbers 'low,high' between 0 and 100 (got {args.percentiles!r}).") from err
+    if args.tile < 64 or args.halo < 0 or args.halo >= args.tile:
+        raise UserInputError("--tile must be at least 64 pixels and --halo between 0 and the tile size.")
+    return BatchSettings(args.model, args.device, args.checkpoint, options, config, args.tile, args.halo, args.overwrite)
+
+
+def _segment(args) -> int:
+    from .core.export import write_text_atomic
+    from .core.progress import drain
+    from .scaleout import run_batch_job
+
+    out_json = _check_output(args.json) if args.json else None
+    settings = _segment_settings(args)
+    if args.workers < 0:
+        raise UserInputError("--workers must be 0 (run here) or more.")
+
+    def show(res: dict) -> None:
+        if res["status"] == "failed":
+            sys.stderr.write(("\n" if not args.quiet else "") + f"error: {res['input']}: {res['error']}\n")
+
+    job = run_batch_job(args.inputs, args.out, settings, workers=args.workers, scheduler=args.scheduler, on_result=show)
+    summary = drain(job, None if args.quiet else _bar(sys.stderr))
+    if not args.quiet:
+        sys.stderr.write("\n")
+    print(f"{summary['done']} segmented, {summary['skipped']} already done (skipped), {summary['failed']} failed; "
+          f"{summary['objects']} objects; outputs in {args.out}")
+    if out_json is not None:
+        write_text_atomic(out_json, json.dumps(_jsonable(summary), indent=1))
+        print(f"wrote {out_json}")
+    if summary["failed"]:
+        print(f"error: {summary['failed']} of {len(summary['images'])} inputs failed (listed above); rerun to retry them, "
+              "finished ones are skipped", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_segment(sub) -> None:
+    from .segmentation import EverythingOptions
+
+    defaults = EverythingOptions()
+    sg = sub.add_parser("segment", help="everything mode over files, folders, globs, TIFF stacks and OME-Zarr")
+    sg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns ('*.tif'), OME-Zarr")
+    sg.add_argument("--out", required=True, help="output folder (created if missing)")
+    sg.add_argument("--model", default=None, help="registry name (default: the plugin's default model)")
+    sg.add_argument("--checkpoint", default=None, help="weights file for the model (e.g. your own fine-tune)")
+    sg.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    sg.add_argument("--mode", default="auto", choices=["auto", "seeds", "grid"])
+    sg.add_argument("--min-distance", type=int, default=defaults.min_distance, help="seeds: smallest object radius (px)")
+    sg.add_argument("--iou-floor", type=float, default=defaults.iou_floor, help="seeds: drop masks with lower predicted IoU")
+    sg.add_argument("--nms-thresh", type=float, default=defaults.nms_thresh, help="overlap above which duplicates are dropped")
+    sg.add_argument("--min-area", type=int, default=defaults.min_area, help="drop objects smaller than this (px)")
+    sg.add_argument("--pred-iou-thresh", type=float, default=defaults.grid.pred_iou_thresh, help="grid: predicted IoU threshold")
+    sg.add_argument("--stability-thresh", type=float, default=defaults.grid.stability_score_thresh, help="grid: stability threshold")
+    sg.add_argument("--percentiles", default="1,99.8", help="intensity stretch 'low,high' (percent)")
+    sg.add_argument("--tile", type=int, default=1024, help="planes larger than this (px a side) are segmented in tiles")
+    sg.add_argument("--halo", type=int, default=128, help="context around each tile, at least the largest object's radius")
+    sg.add_argument("--workers", type=int, default=0, help="N: run on a local Dask cluster of N worker processes")
+    sg.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (e.g. tcp://host:8786)")
+    sg.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    sg.add_argument("--json", default=None, help="write the batch summary here")
+    sg.add_argument("--quiet", action="store_true", help="no progress bar")
+    sg.set_defaults(func=_segment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``napari-sam-micro`` argument parser."""
     parser = argparse.ArgumentParser(prog="napari-sam-micro", description="napari-sam-micro command line tools")
@@ -177,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("pred", help="predicted label image")
     me.add_argument("--json", action="store_true", help="print JSON")
     me.set_defaults(func=_metrics)
+    _add_segment(sub)
     return parser
 
 

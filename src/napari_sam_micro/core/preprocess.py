@@ -20,6 +20,9 @@ Rules
 * **Speed**: for planes larger than :data:`PERCENTILE_MAX_SAMPLES` pixels the percentiles are
   computed on a regular strided subsample (every ``s``-th row and column, ``s`` chosen so that
   about that many pixels are used); the normalisation itself is applied to every pixel.
+* **Fixed ranges** (``config.value_ranges``): the stretch of each used channel is given instead of
+  measured, so that the tiles of a large plane are normalised alike (the ranges are measured once
+  on the plane's strided subsample, :func:`sample_plane` and :func:`measure_value_ranges`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ __all__ = [
     "normalize_channel",
     "plane_from_nd",
     "prompt_window",
+    "sample_step",
+    "sample_plane",
+    "measure_value_ranges",
 ]
 
 #: Above this many pixels, percentiles are computed on a strided subsample.
@@ -65,12 +71,16 @@ class PreprocessConfig:
         planes returned by :func:`plane_from_nd`).
     rgb : bool
         The image is RGB(A) with channels on the last axis (napari's ``Image.rgb``).
+    value_ranges : tuple of (float, float), optional
+        ``(lo, hi)`` raw values mapped to 0 and 1, one pair per used channel (in the order of
+        ``channels``): replaces measuring the percentiles on the image (tiles of a large plane).
     """
 
     percentiles: tuple[float, float] = (1.0, 99.8)
     channels: tuple[int, ...] | None = None
     channel_axis: int | None = None
     rgb: bool = False
+    value_ranges: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self):
         lo, hi = (float(p) for p in self.percentiles)
@@ -85,21 +95,74 @@ class PreprocessConfig:
         if self.channel_axis is not None:
             object.__setattr__(self, "channel_axis", int(self.channel_axis))
         object.__setattr__(self, "rgb", bool(self.rgb))
+        if self.value_ranges is not None:
+            ranges = tuple((float(lo), float(hi)) for lo, hi in self.value_ranges)
+            object.__setattr__(self, "value_ranges", ranges)
 
     def key(self) -> str:
         """Stable text identifying this configuration (used in cache keys)."""
         lo, hi = self.percentiles
         chans = "all" if self.channels is None else ",".join(map(str, self.channels))
         axis = "none" if self.channel_axis is None else str(self.channel_axis)
-        return f"pct={lo!r}-{hi!r};ch={chans};axis={axis};rgb={int(self.rgb)}"
+        key = f"pct={lo!r}-{hi!r};ch={chans};axis={axis};rgb={int(self.rgb)}"
+        if self.value_ranges is not None:  # (absent otherwise: keys of earlier caches stay valid)
+            key += ";ranges=" + ",".join(f"{a!r}:{b!r}" for a, b in self.value_ranges)
+        return key
+
+
+def sample_step(shape_hw, max_samples: int | None = None) -> int:
+    """Stride of the regular subsample on which the percentiles of an ``(H, W)`` plane are measured
+    (``max_samples`` default: :data:`PERCENTILE_MAX_SAMPLES`)."""
+    max_samples = PERCENTILE_MAX_SAMPLES if max_samples is None else int(max_samples)
+    n = int(shape_hw[0]) * int(shape_hw[1])
+    if n <= max_samples:
+        return 1
+    return int(math.ceil(math.sqrt(n / max_samples)))
 
 
 def _sample(channel: np.ndarray) -> np.ndarray:
-    n = channel.size
-    if n <= PERCENTILE_MAX_SAMPLES:
-        return channel
-    step = int(math.ceil(math.sqrt(n / PERCENTILE_MAX_SAMPLES)))
-    return channel[::step, ::step]
+    step = sample_step(channel.shape[:2])
+    return channel if step == 1 else channel[::step, ::step]
+
+
+def sample_plane(plane, max_samples: int | None = None) -> np.ndarray:
+    """The strided subsample of a (lazy) plane on which its percentiles are measured.
+
+    Reads every ``s``-th row and column only (:func:`sample_step`), so a dask or zarr plane of any
+    size costs about ``max_samples`` pixels of memory (plus the chunks being read).
+
+    Parameters
+    ----------
+    plane : (H, W) or (H, W, C) array-like
+        numpy, dask or zarr; channels last.
+    """
+    step = sample_step(plane.shape[:2], max_samples)
+    sel = (slice(None, None, step), slice(None, None, step))
+    part = plane[sel] if step > 1 else plane
+    if hasattr(part, "compute"):  # dask
+        part = part.compute()
+    return np.asarray(part)
+
+
+def measure_value_ranges(plane, config: PreprocessConfig | None = None) -> PreprocessConfig:
+    """``config`` with the ``value_ranges`` the whole plane would be normalised with.
+
+    Measured on :func:`sample_plane` (the same pixels :func:`normalize_image` uses for a large
+    plane), so tiles normalised with the result match crops of the whole normalised plane.
+
+    Parameters
+    ----------
+    plane : (H, W) or (H, W, C) array-like
+        numpy, dask or zarr; channels last (``config.channel_axis`` -1 or ``config.rgb``).
+    config : PreprocessConfig, optional
+    """
+    import dataclasses
+
+    config = config or PreprocessConfig()
+    if config.value_ranges is not None:
+        return config
+    normalizer = PlaneNormalizer(sample_plane(plane), config)
+    return dataclasses.replace(config, value_ranges=normalizer.value_ranges)
 
 
 def _shift_to_zero(channel: np.ndarray, low: int) -> np.ndarray:
@@ -327,10 +390,19 @@ class PlaneNormalizer:
         self._chans = chans
         if self._rgb8:
             self._stretches = []
+        elif config.value_ranges is not None:
+            self._stretches = _given_stretches(config.value_ranges, 1 if chans is None else len(chans))
         elif chans is None:
             self._stretches = [ChannelStretch.measure(data, pct)]
         else:
             self._stretches = [ChannelStretch.measure(data[..., c], pct) for c in chans]
+
+    @property
+    def value_ranges(self) -> tuple[tuple[float, float], ...] | None:
+        """Raw ``(lo, hi)`` per used channel (None for 8-bit RGB, which is not stretched)."""
+        if self._rgb8:
+            return None
+        return tuple((s.lo + (s.offset or 0), s.hi + (s.offset or 0)) for s in self._stretches)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -363,6 +435,12 @@ class PlaneNormalizer:
             normed = [st.apply(data[..., c]) for c, st in zip(self._chans, self._stretches)]
             out = normed[0] if len(normed) == 1 else _stack3(normed)
         return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _given_stretches(ranges, n: int) -> list[ChannelStretch]:
+    if len(ranges) != n:
+        raise ImageError(f"{len(ranges)} intensity ranges given for {n} channels.")
+    return [ChannelStretch(lo, hi) for lo, hi in ranges]
 
 
 def plane_from_nd(data, index=(), rgb: bool = False, channel_axis: int | None = None) -> np.ndarray:
