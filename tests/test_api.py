@@ -133,6 +133,18 @@ def test_segment_everything_is_the_plugins_everything_job(disk_test_model):
     assert len(table) == 3 and labels.dtype == np.uint32
 
 
+def test_planes_over_1024_px_go_through_the_tiled_everything_mode(disk_test_model):
+    predictor = api.load_predictor("disk-test", progress=False)
+    centres = ((40, 60), (90, 1020), (60, 1900))  # one object across the first tile border (1024)
+    img = _blobs(shape=(140, 2048), centres=centres)
+    labels, table = api.segment_everything(img, model=predictor, min_distance=5)
+    assert labels.shape == img.shape and len(table) == 3
+    for r, c in centres:  # each blob is one object, the one on the border too
+        ids = np.unique(labels[r - 8 : r + 8, c - 8 : c + 8])
+        assert len(ids) == 1 and ids[0] > 0
+    assert set(np.unique(labels)) - {0} == set(table["index"])
+
+
 def test_grid_mode_takes_sam_generator_names():
     predictor = api.load_predictor("tiny-test", progress=False)
     img = _blobs(shape=(64, 64), centres=((32, 32),), radius=8)

@@ -46,6 +46,7 @@ from .core.model_api import PromptableModel
 from .core.prompts import Prompts, object_prompts
 from .segmentation import EverythingOptions, EverythingResult, everything_job, everything_mode_for
 from .session import AnnotationSession, Prediction
+from .tiling import needs_tiling, tiled_everything_job
 
 __all__ = [
     "Predictor",
@@ -401,7 +402,12 @@ def everything_options(spec, mode: str = "auto", filters: dict | None = None) ->
 
 
 def _everything_plane(predictor: Predictor, plane: np.ndarray, config, options: EverythingOptions, label: str) -> EverythingResult:
-    """Everything mode on one plane: the one call of the plugin's ``everything_job``."""
+    """Everything mode on one plane: the plugin's ``everything_job``, tiled (``tiled_everything_job``) above 1024 px a side."""
+    if needs_tiling(plane.shape[:2]):
+        job = tiled_everything_job(predictor.model, plane, predictor.spec, preprocess=config, options=options,
+                                   model_id=predictor.spec.embedding_id)
+        tiled = run_job(job, predictor.progress, label)
+        return EverythingResult(np.asarray(tiled.labels), tiled.table, tiled.mode)
     job = everything_job(predictor.model, plane, predictor.spec, preprocess=config, options=options,
                          cache=predictor.cache, model_id=predictor.spec.embedding_id)
     return run_job(job, predictor.progress, label)
