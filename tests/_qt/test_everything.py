@@ -243,3 +243,37 @@ def test_seeds_mode_is_offered_for_crop_models_and_writes_labels(qtbot, crop_mod
     assert crop_model and crop_model[0].calls >= 3 * 3  # encode, decode, upscale per seed
     widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_GRID))
     assert widget._seed_box.isHidden() and not any(box.isHidden() for box in widget._grid_boxes)
+
+
+def test_open_batch_results_adds_the_labels_with_their_table(qtbot, tmp_path):
+    from napari_sam_micro.core.export import write_labels
+
+    viewer = ViewerModel()
+    widget = _widget(qtbot, viewer)
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:5, 3:9] = 1
+    write_labels(tmp_path / "field1_labels.tif", labels, {"index": [1], "area": [18], "predicted_iou": [0.9]})
+    (layer,) = widget.open_results(tmp_path)
+    assert layer in viewer.layers and layer.features["predicted_iou"].tolist() == [0.9]
+    assert "Opened 1 labels layer" in widget.status.text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert widget.open_results(empty) == [] and "Could not open" in widget.status.text()
+    assert len(viewer.layers) == 1  # nothing else added
+
+
+def test_large_planes_are_segmented_in_tiles(qtbot, disk_test_model):
+    from napari_sam_micro._qt.everything import MODE_SEEDS
+
+    viewer = ViewerModel()
+    yy, xx = np.mgrid[:120, :2100]
+    img = np.full((120, 2100), 200, np.uint16)
+    for r, c in ((50, 300), (60, 1030), (40, 1800)):  # the middle one on a tile border
+        img[(yy - r) ** 2 + (xx - c) ** 2 <= 12**2] = 3000
+    viewer.add_image(img, name="mosaic")
+    widget = EverythingWidget(viewer, model="disk-test")
+    qtbot.addWidget(widget)
+    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_SEEDS))
+    _run(qtbot, widget)
+    out = widget.output_layer.data
+    assert len(np.unique(out)) - 1 == 3 and len(widget.seeded.table["index"]) == 3

@@ -43,6 +43,8 @@ from ..core.preprocess import PreprocessConfig, normalize_image
 from ..core.progress import Progress
 from ..models.registry import get_spec
 from ..segmentation import EverythingOptions, EverythingResult, everything_job
+from ..tiling import needs_tiling, tiled_everything_job
+from .._napari.batch_results import open_batch_results
 from .everything_form import MODE_GRID, MODE_SEEDS, EverythingForm
 from .forms import model_combo
 from .job_panel import JobPanel
@@ -109,6 +111,10 @@ class EverythingWidget(QWidget):
         )
         panel = self.job_panel
         self.run_button, self.cancel_button, self.progress, self.status = panel.run_button, panel.cancel_button, panel.progress, panel.status
+        self.open_button = QPushButton("Open batch results…", self)
+        self.open_button.setToolTip(
+            "Load the labels and object tables written by 'napari-sam-micro segment' (a folder or one file) for correction."
+        )
         self.reset_button = QPushButton("Reset to defaults", self)
         self.reset_button.setToolTip("Put every setting of this widget back to its default (they are remembered otherwise).")
         inputs = QFormLayout()
@@ -119,6 +125,7 @@ class EverythingWidget(QWidget):
         layout.addLayout(inputs)
         layout.addWidget(self.form)
         layout.addWidget(self.job_panel)
+        layout.addWidget(self.open_button)
         layout.addWidget(self.reset_button)
         self.settings = PersistedControls(
             "everything", {"model": self.model_combo, **self.form.controls()}, keep=("model",) if model else ()
@@ -144,6 +151,7 @@ class EverythingWidget(QWidget):
         self.mode_combo.currentIndexChanged.connect(self._update_mode_controls)
         self.run_button.clicked.connect(self.run)
         self.reset_button.clicked.connect(self.settings.reset)
+        self.open_button.clicked.connect(self._choose_results)
 
     @property
     def worker(self):
@@ -224,11 +232,31 @@ class EverythingWidget(QWidget):
     def _seeds_job(self, model_name, plane, config, min_distance):
         model = yield from self.state.models.get_job(model_name)
         options = EverythingOptions(mode=MODE_SEEDS, min_distance=int(min_distance))
-        result = yield from everything_job(
-            model, plane, get_spec(model_name), preprocess=config, options=options,
-            cache=self.state.cache, model_id=embedding_model_id(model_name),
-        )
+        spec, model_id = get_spec(model_name), embedding_model_id(model_name)
+        if needs_tiling(plane.shape[:2]):  # large planes: tiles with a halo, read lazily, stitched
+            tiled = yield from tiled_everything_job(model, plane, spec, preprocess=config, options=options, model_id=model_id)
+            return EverythingResult(np.asarray(tiled.labels), tiled.table, tiled.mode)
+        result = yield from everything_job(model, plane, spec, preprocess=config, options=options, cache=self.state.cache, model_id=model_id)
         return result
+
+    # -- batch results ---------------------------------------------------------------------------
+    def _choose_results(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path = QFileDialog.getExistingDirectory(self, "Folder written by 'napari-sam-micro segment'")
+        if path:
+            self.open_results(path)
+
+    def open_results(self, path) -> list:
+        """Add the outputs of a ``segment`` run at ``path`` (folder or file) as Labels layers with their tables."""
+        try:
+            layers = open_batch_results(self.viewer, path)
+        except (OSError, ValueError, UserInputError) as err:
+            self.status.setText(f"Could not open the results: {err}")
+            notify_exception(err, "Opening batch results")
+            return []
+        self.status.setText(f"Opened {len(layers)} labels layer(s) from {path}." if layers else f"No results of 'segment' found in {path}.")
+        return layers
 
     def _on_seeded(self, result: EverythingResult, target) -> None:
         image_layer, geometry, index, model_name = target
