@@ -54,6 +54,7 @@ from ..core.preprocess import PreprocessConfig
 from ..models.registry import available_models, default_model_name, get_spec
 from ..session import AnnotationSession, EmbeddingNotReady, Prediction
 from .preencode import PreEncoder
+from .propagate import PropagatePanel
 from .objects_table import LayerComboBox, ObjectsTableWidget
 from .workers import notify_exception, start_job
 
@@ -196,6 +197,7 @@ class AnnotatorWidget(QWidget):
         layout.addWidget(self.overwrite_check)
         layout.addWidget(self.preencode_check)
         layout.addLayout(actions)
+        layout.addWidget(PropagatePanel(self))
         layout.addWidget(self.objects, 1)
         self.setToolTip(_HELP)
 
