@@ -67,6 +67,7 @@ def test_preview_propagated_with_the_key_is_one_undo_step(qtbot, disk_test_model
     assert row["prompt"] == "propagated" and row["planes"] == 5 and row["weakest_plane"] in planes
     assert sorted(out.metadata[PLANES_METADATA][1]["iou"]) == planes
     assert "weakest" in panel.status.text()
+    assert f"weakest plane {int(row['weakest_plane'])}" in widget.objects.table.item(0, 4).text()
     out.undo()  # one Ctrl+Z removes every plane
     assert not out.data.any()
 
