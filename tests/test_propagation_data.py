@@ -12,6 +12,7 @@ import pytest
 
 from napari_sam_micro.core.cache import EmbeddingCache
 from napari_sam_micro.core.metrics import instance_scores
+from napari_sam_micro.core.overlap import link_stack
 from napari_sam_micro.core.progress import drain
 from napari_sam_micro.propagation import PropagationOptions, everything_stack_job, propagate_job, stack_planes
 
@@ -44,11 +45,14 @@ def _read(shared_data, name):
 def test_box_propagated_through_z_matches_the_3d_nuclei(micro, shared_data):
     """Mean 3D IoU per nucleus of one propagation from each nucleus's largest slice.
 
-    Bar: 0.5. Measured (micro-tiny, box + interior point): about 0.64-0.69 per nucleus on this
-    stack with the range ±6 slices; the loss is mostly the planes just beyond a nucleus's poles,
-    where the nucleus above or below it continues the blob (the synthetic nuclei are packed in z)
-    and the model sees no edge. Box-only prompts measured 0.39-0.46 (the mask grows plane after
-    plane) and a wrong axis or a mask pasted at the wrong place scores < 0.2: 0.5 separates them.
+    The range is the nucleus's slices ±1 (what a user sets by looking at the stack). Bar: 0.6.
+    Measured (micro-tiny, box + interior point, default stop rules): 0.688 / 0.791 / 0.709, mean
+    0.729 for nuclei 59 / 23 / 5. The loss is mostly the slice beyond each pole and the poles
+    themselves, where the blurred image shows more than the synthetic label. Without the range
+    (slices 0-17) the mean falls to 0.470: the propagation runs on into the nucleus above or below
+    (the synthetic nuclei are packed in z and the model sees one blob). With box-only prompts two of
+    these nuclei scored 0.46 / 0.39 (±6 slices; the mask grows plane after plane) against 0.64 /
+    0.69 with box + point, and a wrong axis or a misplaced mask scores < 0.2: 0.6 separates them.
     """
     model, spec, cache = micro
     image, gt = _read(shared_data, "stardist-synthetic-zyx")
@@ -71,33 +75,38 @@ def test_box_propagated_through_z_matches_the_3d_nuclei(micro, shared_data):
         print(f"nucleus {oid}: slices {sorted(res.planes)[0]}-{sorted(res.planes)[-1]} (truth "
               f"{np.flatnonzero(obj.any(axis=(1, 2)))[[0, -1]].tolist()}), 3D IoU {iou:.3f}, stopped {res.stopped}")
     print(f"mean 3D IoU over {len(scores)} nuclei: {np.mean(scores):.3f}")
-    assert np.mean(scores) > 0.5
+    assert np.mean(scores) > 0.6
 
 
 def test_cells_keep_their_id_through_time(micro, shared_data):
-    """Frames where the propagated cell still matches (IoU ≥ 0.5) the ground-truth cell of the same id.
+    """Frames on which the propagated cell is still the same cell (IoU ≥ 0.5 with it).
 
-    Bar: 90 % of the frames followed. The CHO nuclei move little between frames and are well apart,
-    so following a cell by its previous mask should hold it on nearly every frame; a swap to a
-    neighbour or a drift off the cell fails the frame.
+    "The same cell" is the challenge segmentation's cell linked over time by overlap
+    (:func:`~napari_sam_micro.core.overlap.link_stack`): the supplied ids are not kept on every
+    frame (cell 4 of z-slice 2 jumps to another nucleus on frames 2, 8 and 9, IoU 0 with its
+    previous frame), so comparing ids would count the labels' swaps as ours.
+    Bar: see the assertion.
     """
     model, spec, cache = micro
     image, gt = _read(shared_data, "ctc-cho-tzyx")
     t0, t1 = T_RANGE
-    frames, truth = image[t0 : t1 + 1, CHO_Z], gt[t0 : t1 + 1, CHO_Z]
+    frames = image[t0 : t1 + 1, CHO_Z]
+    tracks = link_stack(gt[t0 : t1 + 1, CHO_Z], axis=0)
     get, lead = stack_planes(frames)
     kept = total = 0
     for cell in T_CELLS:
-        (res,) = drain(propagate_job(model, spec, get, lead, (0,), {cell: truth[0] == cell}, PropagationOptions(direction="forward"), cache=cache))
+        start = gt[t0, CHO_Z] == cell
+        track = int(np.bincount(tracks[0][start]).argmax())
+        (res,) = drain(propagate_job(model, spec, get, lead, (0,), {cell: start}, PropagationOptions(direction="forward"), cache=cache))
+        ious = []
         for t in range(1, len(frames)):
             total += 1
-            if t not in res.planes:
-                continue
-            mask, ref = res.planes[t].preview.mask, truth[t] == cell
-            iou = float((mask & ref).sum() / max((mask | ref).sum(), 1))
-            kept += iou >= 0.5
-        print(f"cell {cell}: frames {sorted(res.planes)}, stopped {res.stopped}")
-    print(f"frames keeping the right id: {kept} of {total}")
+            mask = res.planes[t].preview.mask if t in res.planes else np.zeros_like(start)
+            ref = tracks[t] == track
+            ious.append(float((mask & ref).sum() / max((mask | ref).sum(), 1)))
+            kept += ious[-1] >= 0.5
+        print(f"cell {cell}: frames {sorted(res.planes)}, stopped {res.stopped}, IoU per frame {[round(v, 2) for v in ious]}")
+    print(f"frames keeping the right cell: {kept} of {total}")
     assert kept >= 0.9 * total
 
 
