@@ -159,7 +159,7 @@ class PropagatePanel(QGroupBox):
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.cancel)
         self.viewer.dims.events.ndim.connect(self._refresh_axes)
-        self.destroyed.connect(lambda *_: self.unbind_keys())
+        self.destroyed.connect(_make_teardown(self.viewer, self._refresh_axes, self.unbind_keys))
         self._refresh_axes()
         self.bind_keys()
 
@@ -305,6 +305,19 @@ class PropagatePanel(QGroupBox):
         if self.worker is not None:
             self.worker.quit()
             self.status.setText("Propagation cancelled; nothing was added.")
+
+
+def _make_teardown(viewer, on_ndim, unbind):
+    """What runs when the panel is destroyed (no reference to the dead widget's Qt side is needed)."""
+
+    def teardown(*_args):
+        try:
+            viewer.dims.events.ndim.disconnect(on_ndim)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+        unbind()
+
+    return teardown
 
 
 def _summary(objects, ids) -> str:
