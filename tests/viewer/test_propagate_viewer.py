@@ -1,7 +1,7 @@
-"""Propagation in a real napari window (run under ``xvfb-run -a``): a box on a CHO nucleus, the P key, frames.
+"""Propagation in a real napari window (run under ``xvfb-run -a``): a box on a CHO nucleus, the J key, frames.
 
 One z-slice of the Cell Tracking Challenge CHO time-lapse (../shared/data/nd) is opened as a
-``(t, y, x)`` stack; a box is drawn around a nucleus on frame 0, and **P** pressed on the canvas (a
+``(t, y, x)`` stack; a box is drawn around a nucleus on frame 0, and **J** pressed on the canvas (a
 real Qt key event: canvas → napari keymap → the Propagate panel) propagates it forward through
 the first frames with the default offline model. The nucleus must keep its id on every frame and
 match the challenge's segmentation there; the window is saved to ``docs/images/propagate.png``.
@@ -64,7 +64,7 @@ def test_propagate_a_nucleus_through_frames_with_the_key(make_napari_viewer, qtb
     # a real key press on napari's Qt viewer: it goes through vispy's key event to the viewer's keymap
     qt_viewer = viewer.window._qt_viewer
     qt_viewer.setFocus()
-    qtbot.keyClick(qt_viewer, Qt.Key_P)
+    qtbot.keyClick(qt_viewer, Qt.Key_J)
     qtbot.waitUntil(lambda: bool(panel.is_busy() or panel.last_result is not None or panel.status.text()), timeout=10_000)
     assert panel.is_busy() or panel.last_result is not None, panel.status.text()
     qtbot.waitUntil(lambda: not panel.is_busy(), timeout=WAIT_MS)

@@ -13,7 +13,7 @@ plane's predicted IoU goes to ``layer.metadata["napari_sam_micro_planes"]`` and 
 in ``features`` (``predicted_iou`` = its weakest plane's, ``weakest_plane``, ``planes``), which the
 objects table shows.
 
-Key: **P** propagates (bound on the viewer while the panel lives).
+Key: **J** propagates (bound on the viewer while the panel lives).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .workers import start_job
 __all__ = ["PropagatePanel", "KEY_PROPAGATE", "PLANES_METADATA", "annotator_context"]
 
 #: Key bound on the viewer while the panel lives.
-KEY_PROPAGATE = "P"
+KEY_PROPAGATE = "J"  # P is napari's add mode of the active points / labels / shapes layer (layer keys win)
 #: ``layer.metadata`` key of the per-plane predicted IoUs: ``{label_id: {"axis": a, "iou": {plane: iou}}}``.
 PLANES_METADATA = "napari_sam_micro_planes"
 
@@ -98,7 +98,7 @@ def annotator_context(annotator) -> AnnotatorContext:
 
 
 class PropagatePanel(QGroupBox):
-    """Axis, direction, range and stop thresholds, and the Propagate button (key P).
+    """Axis, direction, range and stop thresholds, and the Propagate button (key J).
 
     Parameters
     ----------
@@ -165,13 +165,13 @@ class PropagatePanel(QGroupBox):
 
     # -- keys ---------------------------------------------------------------------------------
     def bind_keys(self) -> None:
-        """Bind P (propagate) on the viewer, remembering what it was bound to."""
+        """Bind J (propagate) on the viewer, remembering what it was bound to."""
         if self._bound is None:
             func = lambda viewer: self.propagate()  # noqa: E731
             self._bound = (func, self.viewer.bind_key(KEY_PROPAGATE, func, overwrite=True))
 
     def unbind_keys(self) -> None:
-        """Release P (restoring its previous binding)."""
+        """Release J (restoring its previous binding)."""
         bound, self._bound = self._bound, None
         if bound is None:
             return
