@@ -116,11 +116,13 @@ def test_cells_keep_their_id_through_time(micro, shared_data):
 def test_everything_in_3d_f1(micro, shared_data):
     """F1 at IoU 0.5 of 3D everything mode (per-plane everything mode linked by overlap) on a slab.
 
-    Bar: 0.5 on the 3D objects of slices 8-13 (the ground truth cut to the same slices).
+    Bar: 0.5 on the 3D objects of slices 10-11 (the ground truth cut to the same slices). Two slices
+    only: seeded everything mode encodes several windows per slice, and six slices took over half
+    an hour on the loaded 2-core test machine.
     """
     model, spec, cache = micro
     image, gt = _read(shared_data, "stardist-synthetic-zyx")
-    planes = list(range(8, 14))
+    planes = list(range(10, 12))
     res = drain(everything_stack_job(model, spec, lambda p: image[p], planes, cache=cache))
     scores = instance_scores(gt[planes[0] : planes[-1] + 1], res.labels)
     print(f"3D everything on slices {planes[0]}-{planes[-1]}: F1@0.5 {scores['f1']:.3f} "
