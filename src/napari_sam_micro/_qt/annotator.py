@@ -35,6 +35,7 @@ from .annotator_form import DEVICES, ModelForm
 from .annotator_layers import _HELP, KEY_CLEAR, KEY_COMMIT, KEY_NEGATIVE, KeysMixin, LayersMixin, make_unbinder
 from .annotator_prompts import PromptsMixin
 from .job_panel import JobPanel
+from .propagate import PropagatePanel
 from .objects_table import LayerComboBox, ObjectsTableWidget
 from .preencode import PreEncoder
 from .settings import PersistedControls
@@ -134,6 +135,7 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         layout.addLayout(actions)
         layout.addWidget(self.reset_button)
         layout.addWidget(self.objects, 1)
+        self.add_section(PropagatePanel(self))
         self.setToolTip(_HELP)
         controls = {**self.model_form.controls(), "preencode": self.preencode_check, "overwrite": self.overwrite_check}
         self.settings = PersistedControls("annotator", controls, keep=("model",) if model else ())

@@ -155,6 +155,8 @@ def _describe(row) -> str:
     prompt = row.get("prompt")
     if isinstance(prompt, str) and prompt:
         parts.append(prompt)
+    if "weakest_plane" in row and not _isnan(row["weakest_plane"]):  # propagated through z / t
+        parts.append(f"weakest plane {int(row['weakest_plane'])}")
     if all(c in row and not _isnan(row[c]) for c in BBOX_COLUMNS):
         y0, x0, y1, x1 = (int(row[c]) for c in BBOX_COLUMNS)
         parts.append(f"rows {y0}–{y1}, cols {x0}–{x1}")
