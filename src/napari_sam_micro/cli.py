@@ -99,6 +99,7 @@ def _evaluate(args) -> int:
         modalities=tuple(args.modalities.split(",")) if args.modalities else None,
         checkpoint=args.checkpoint,
         on_image=save if out is not None else None,
+        split_by=args.split_by,
     )
     result = drain(job, None if args.quiet else _bar(sys.stderr))
     if not args.quiet:
@@ -156,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default=None,
                     help="weights file of the model under test (e.g. your own micro-tiny fine-tune)")
     ev.add_argument("--data", required=True, help="folder of data sets (each with index.csv, images/, labels/)")
-    ev.add_argument("--split", default="val", choices=["val", "train", "all"])
+    ev.add_argument("--split", default="val", choices=["val", "train", "test", "all"],
+                    help="test: the locked source groups (only with --split-by source)")
+    ev.add_argument("--split-by", default="image", choices=["image", "source"],
+                    help="hold out whole images (micro-tiny's training split) or whole acquisitions")
     ev.add_argument("--limit", type=int, default=None, help="at most N images per modality")
     ev.add_argument("--max-objects", type=int, default=None, help="at most N objects per image (fixed sample)")
     ev.add_argument("--prompts", default=None, help="comma-separated: point,box,box+clicks")
