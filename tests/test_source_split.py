@@ -127,3 +127,19 @@ def test_summary_and_table_carry_intervals():
     assert f"{result['iou']['m']['box']['fluorescence']:.3f} [" in table and "bootstrap" in table
     single = _summarise(["m"], False, [], [_row("only", 0.7)], [], "val")
     assert "0.700 [" not in format_table(single) and "0.700" in format_table(single)
+
+
+def test_crowded_images_are_reported_on_their_own():
+    from napari_sam_micro.evaluation import _summarise
+
+    def row(i, tp, fp, fn, crowded):
+        return {"model": "m", "image": f"img{i}", "modality": "fluorescence", "tp": tp, "fp": fp, "fn": fn,
+                "f1": 0.0, "crowded": crowded}
+
+    f1_rows = [row(0, 28, 2, 31, True), row(1, 50, 5, 20, True), row(2, 30, 1, 1, False), row(3, 20, 0, 2, False)]
+    result = _summarise(["m"], False, [], [], f1_rows, "val")
+    crowded, other = result["crowded"]["m"]["crowded"], result["crowded"]["m"]["other"]
+    assert (crowded["images"], crowded["tp"], crowded["fn"]) == (2, 78, 51)
+    assert crowded["recall"] == pytest.approx(78 / 129) and other["recall"] == pytest.approx(50 / 53)
+    assert crowded["f1_ci"][0] <= crowded["f1"] <= crowded["f1_ci"][1]
+    assert "2 crowded image(s)" in format_table({**result, "n_objects": {}})

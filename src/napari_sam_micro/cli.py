@@ -100,6 +100,7 @@ def _evaluate(args) -> int:
         checkpoint=args.checkpoint,
         on_image=save if out is not None else None,
         split_by=args.split_by,
+        split_touching=args.split_touching,
     )
     result = drain(job, None if args.quiet else _bar(sys.stderr))
     if not args.quiet:
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also score automatic segmentation (F1 at IoU 0.5)")
     ev.add_argument("--everything-images", type=int, default=None,
                     help="run the everything mode on at most N images per modality")
+    ev.add_argument("--split-touching", action="store_true",
+                    help="everything mode: split touching nuclei (off by default, see docs/models.md)")
     ev.add_argument("--modalities", default=None, help="comma-separated modalities to evaluate (default: all)")
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", default=None, help="write the full result here")

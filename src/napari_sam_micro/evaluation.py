@@ -46,6 +46,7 @@ from .core.masks import farthest_interior_point, mask_to_box_xyxy
 from .core.metrics import check_label_image, instance_scores, mask_iou
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Progress
+from .core.touching import is_crowded, touching_fraction
 
 __all__ = [
     "SPLIT_SEED",
@@ -464,6 +465,7 @@ def evaluate_job(
     checkpoint: str | Path | None = None,
     on_image: Callable[[dict], None] | None = None,
     split_by: str = "image",
+    split_touching: bool = False,
 ) -> Generator[Progress, None, dict]:
     """Evaluate ``model_name`` (and baselines) with a simulated user; a job.
 
@@ -510,6 +512,9 @@ def evaluate_job(
     split_by : str
         ``"image"`` (default, micro-tiny's training split) or ``"source"`` (whole acquisition groups
         held out; ``split="test"`` then gives the locked groups), see :func:`split_records`.
+    split_touching : bool
+        Seeds mode: run the everything mode with
+        :attr:`napari_sam_micro.segmentation.EverythingOptions.split_touching`.
 
     Yields
     ------
@@ -554,9 +559,9 @@ def evaluate_job(
     settings = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
                 "checkpoint": None if checkpoint is None else str(checkpoint),
                 "min_area": min_area, "seed": seed, "everything_images": everything_images,
-                "limit": limit, "split": split, "split_by": split_by}
+                "limit": limit, "split": split, "split_by": split_by, "split_touching": split_touching}
     run = _Run(model_names, specs, models, embedding_ids, with_ellipse, tuple(prompt_kinds), n_clicks, min_area,
-               max_objects, seed, everything, everything_images, amg_params)
+               max_objects, seed, everything, everything_images, amg_params, split_touching)
     skipped: list[dict] = []
 
     def result_so_far(evaluated: list[ImageRecord], complete: bool) -> dict:
@@ -600,6 +605,7 @@ class _Run:
     everything: bool
     everything_images: int | None
     amg_params: object
+    split_touching: bool = False
 
 
 def _evaluate_image(run: _Run, rec: ImageRecord, amg_done: dict, progress: tuple[int, int]):
@@ -632,7 +638,7 @@ def _evaluate_image(run: _Run, rec: ImageRecord, amg_done: dict, progress: tuple
         if run.everything and (run.everything_images is None or count < run.everything_images):
             counted.append((name, rec.modality))
             image = normalize_image(raw, config)
-            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params))
+            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params, run.split_touching))
     for key in counted:  # only an image evaluated to the end counts towards everything_images
         amg_done[key] = amg_done.get(key, 0) + 1
     return rows, f1_rows, len(objects)
@@ -679,19 +685,22 @@ def _score_objects(user: _PluginUser, name, rec, labels, objects, kinds, n_click
     return rows
 
 
-def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params) -> dict:
+def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, split_touching=False) -> dict:
     """F1 of the everything mode the plugin runs for this model (seeds or SAM's grid)."""
     from .core.automatic import automatic_segmentation
     from .core.progress import drain
     from .core.seeds import find_seeds
+    from .core.touching import TOUCHING_H
 
     if spec.seeded_everything:
-        pred = drain(user.session.segment_seeds_job(find_seeds(image))).labels
+        seeds = find_seeds(image, h=TOUCHING_H if split_touching else 0.0)
+        pred = drain(user.session.segment_seeds_job(seeds, split_touching=split_touching)).labels
     else:
         pred = drain(automatic_segmentation(user.session.model, image, params)).to_label_image(labels.shape)
     scores = instance_scores(labels, pred)
     return {"model": name, "image": rec.key, "modality": rec.modality, "tp": scores["tp"], "fp": scores["fp"],
-            "fn": scores["fn"], "f1": scores["f1"]}
+            "fn": scores["fn"], "f1": scores["f1"], "recall": scores["recall"],
+            "touching": touching_fraction(labels), "crowded": is_crowded(labels)}
 
 
 def _summarise(model_names, with_ellipse, records, rows, f1_rows, split) -> dict:
@@ -723,6 +732,7 @@ def _summarise(model_names, with_ellipse, records, rows, f1_rows, split) -> dict
             f1[name] = {m: pooled_f1(*np.sum(v, axis=0)) for m, v in per_mod.items()}
             f1_ci[name] = {m: list(pooled_f1_ci(v)) for m, v in per_mod.items()}
     return {
+        "crowded": _crowded_summary(model_names, f1_rows),
         "models": names,
         "split": split,
         "images": [r.key for r in records],
@@ -733,6 +743,26 @@ def _summarise(model_names, with_ellipse, records, rows, f1_rows, split) -> dict
         "per_object": rows,
         "everything": f1_rows,
     }
+
+
+def _crowded_summary(model_names, f1_rows) -> dict:
+    """Everything mode on crowded images (:func:`~napari_sam_micro.core.touching.is_crowded`) and the others.
+
+    ``{model: {"crowded" | "other": {"images", "tp", "fp", "fn", "recall", "f1", "f1_ci"}}}``, pooled.
+    """
+    out: dict = {}
+    for name in model_names:
+        for group in ("crowded", "other"):
+            sel = [(r["tp"], r["fp"], r["fn"]) for r in f1_rows
+                   if r["model"] == name and bool(r.get("crowded")) == (group == "crowded")]
+            if not sel:
+                continue
+            tp, fp, fn = (int(v) for v in np.sum(sel, axis=0))
+            out.setdefault(name, {})[group] = {
+                "images": len(sel), "tp": tp, "fp": fp, "fn": fn, "recall": tp / (tp + fn) if tp + fn else 1.0,
+                "f1": pooled_f1(tp, fp, fn), "f1_ci": list(pooled_f1_ci(sel)),
+            }
+    return out
 
 
 def _cell(value: float | None, interval, width: int) -> str:
@@ -764,6 +794,10 @@ def format_table(result: dict) -> str:
         if name in result.get("f1", {}):
             per_mod, mod_ci = result["f1"][name], ci.get("f1", {}).get(name, {})
             lines.append(f"{name:<14}{'F1@0.5':<12}" + "".join(_cell(per_mod.get(c), mod_ci.get(c), width) for c in cols))
+    for name, groups in result.get("crowded", {}).items():
+        for group, g in groups.items():
+            cell = _cell(g["f1"], g["f1_ci"], 0).strip()
+            lines.append(f"{name:<14}everything on {g['images']} {group} image(s): F1@0.5 {cell}, recall {g['recall']:.3f}")
     counts = ", ".join(f"{m}: {n}" for m, n in sorted(result.get("n_objects", {}).items()))
     lines.append(f"mean IoU per object (F1: automatic segmentation, pooled); [{level:.0%} bootstrap interval, "
                  f"images resampled]; objects: {counts}")
