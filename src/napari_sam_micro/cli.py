@@ -3,11 +3,13 @@
 ::
 
     napari-sam-micro evaluate --model micro-tiny --data ../shared/data --split val --limit 5 --json out.json
+    napari-sam-micro evaluate --model micro-tiny --data ../shared/data --split val --split-by source --limit 5
     napari-sam-micro metrics gt_labels.tif pred_labels.tif --json
 
 ``evaluate`` prompts every ground-truth object as a simulated user (see
 :mod:`napari_sam_micro.evaluation`) and prints a table of mean IoU per prompt kind and modality,
-with the untrained LiteMedSAM and the inscribed-ellipse baselines; a plain-text progress bar goes
+with the untrained LiteMedSAM and the inscribed-ellipse baselines, each with a 95 % bootstrap interval
+over images (``--split-by source`` holds out whole acquisitions, see docs/models.md); a plain-text progress bar goes
 to stderr. With ``--json`` the output file is checked before the run and rewritten (atomically)
 after every image, so an interrupted run keeps its results; an image that cannot be evaluated is
 skipped and named, and the exit code is then 2. ``metrics`` scores a predicted label image against ground truth
