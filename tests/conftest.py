@@ -171,3 +171,17 @@ def disk_test_model():
     registry.register(dataclasses.replace(tiny, name="disk-test", display_name="disk-test", builder=build))
     yield built
     registry.unregister("disk-test")
+
+
+@pytest.fixture
+def wide_disk_model():
+    """``wide-disk``: :class:`DiskModel` with radius 20, larger than radius-12 nuclei (a click merges neighbours)."""
+    import dataclasses
+
+    from napari_sam_micro.models import registry
+
+    tiny = registry.get_spec("tiny-test")
+    registry.register(dataclasses.replace(tiny, name="wide-disk", display_name="wide-disk",
+                                          builder=lambda checkpoint, device: DiskModel(radius=20)))
+    yield registry.get_spec("wide-disk")
+    registry.unregister("wide-disk")

@@ -75,3 +75,20 @@ def test_bad_options_are_refused_with_a_message():
     sam_like = type("Spec", (), {"name": "vit_b", "seeded_everything": False})()
     with pytest.raises(UserInputError, match="no seeds mode"):
         everything_mode_for(sam_like, "seeds")
+
+
+def test_split_touching_keeps_a_merging_mask_in_its_nucleus(wide_disk_model):
+    assert EverythingOptions().split_touching is False
+    model = registry.load_model("wide-disk")
+    centres = ((100, 100), (100, 118))  # two radius-12 nuclei pressed together; a click's disk covers both
+    img, gt = _blobs(centres=centres)
+    at_centres = {}
+    for split in (False, True):
+        opts = EverythingOptions(iou_floor=0.0, split_touching=split)
+        res = drain(everything_job(model, img, wide_disk_model, options=opts))
+        at_centres[split] = [int(res.labels[c]) for c in centres]
+        if split:
+            first = res.labels == at_centres[split][0]
+            assert np.sum(first & (gt == 2)) < 0.1 * np.sum(gt == 2)  # no longer reaches into the neighbour
+    assert at_centres[False][0] == at_centres[False][1]  # without: the first mask took both nuclei
+    assert 0 not in at_centres[True] and at_centres[True][0] != at_centres[True][1]

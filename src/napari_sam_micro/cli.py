@@ -3,12 +3,14 @@
 ::
 
     napari-sam-micro evaluate --model micro-tiny --data ../shared/data --split val --limit 5 --json out.json
+    napari-sam-micro evaluate --model micro-tiny --data ../shared/data --split val --split-by source --limit 5
     napari-sam-micro metrics gt_labels.tif pred_labels.tif --json
     napari-sam-micro segment images/ scan.ome.zarr "plate/*.tif" --out results/ --workers 2 --json summary.json
 
 ``evaluate`` prompts every ground-truth object as a simulated user (see
 :mod:`napari_sam_micro.evaluation`) and prints a table of mean IoU per prompt kind and modality,
-with the untrained LiteMedSAM and the inscribed-ellipse baselines; a plain-text progress bar goes
+with the untrained LiteMedSAM and the inscribed-ellipse baselines, each with a 95 % bootstrap interval
+over images (``--split-by source`` holds out whole acquisitions, see docs/models.md); a plain-text progress bar goes
 to stderr. With ``--json`` the output file is checked before the run and rewritten (atomically)
 after every image, so an interrupted run keeps its results; an image that cannot be evaluated is
 skipped and named, and the exit code is then 2. ``metrics`` scores a predicted label image against ground truth
@@ -106,6 +108,8 @@ def _evaluate(args) -> int:
         modalities=tuple(args.modalities.split(",")) if args.modalities else None,
         checkpoint=args.checkpoint,
         on_image=save if out is not None else None,
+        split_by=args.split_by,
+        split_touching=args.split_touching,
     )
     result = drain(job, None if args.quiet else _bar(sys.stderr))
     if not args.quiet:
@@ -242,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default=None,
                     help="weights file of the model under test (e.g. your own micro-tiny fine-tune)")
     ev.add_argument("--data", required=True, help="folder of data sets (each with index.csv, images/, labels/)")
-    ev.add_argument("--split", default="val", choices=["val", "train", "all"])
+    ev.add_argument("--split", default="val", choices=["val", "train", "test", "all"],
+                    help="test: the locked source groups (only with --split-by source)")
+    ev.add_argument("--split-by", default="image", choices=["image", "source"],
+                    help="hold out whole images (micro-tiny's training split) or whole acquisitions")
     ev.add_argument("--limit", type=int, default=None, help="at most N images per modality")
     ev.add_argument("--max-objects", type=int, default=None, help="at most N objects per image (fixed sample)")
     ev.add_argument("--prompts", default=None, help="comma-separated: point,box,box+clicks")
@@ -252,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also score automatic segmentation (F1 at IoU 0.5)")
     ev.add_argument("--everything-images", type=int, default=None,
                     help="run the everything mode on at most N images per modality")
+    ev.add_argument("--split-touching", action="store_true",
+                    help="everything mode: split touching nuclei (off by default, see docs/models.md)")
     ev.add_argument("--modalities", default=None, help="comma-separated modalities to evaluate (default: all)")
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", default=None, help="write the full result here")

@@ -40,11 +40,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from .core.bootstrap import CI_LEVEL, CI_SEED, N_RESAMPLES, clustered_mean_ci, pooled_f1, pooled_f1_ci
 from .core.errors import UserInputError
 from .core.masks import farthest_interior_point, mask_to_box_xyxy
 from .core.metrics import check_label_image, instance_scores, mask_iou
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Progress
+from .core.touching import is_crowded, touching_fraction
 
 __all__ = [
     "SPLIT_SEED",
@@ -53,7 +55,11 @@ __all__ = [
     "ImageRecord",
     "read_index",
     "split_records",
+    "source_group",
     "select_records",
+    "LOCKED_GROUPS",
+    "USIIGACI_BLOCKS",
+    "SPLIT_BY",
     "load_raw",
     "load_record",
     "preprocess_config_for",
@@ -86,6 +92,10 @@ class ImageRecord:
         ``"fluorescence"``, ``"histology"``, ``"brightfield"``, ``"phase-contrast"`` …
     image_path, labels_path : pathlib.Path
         TIFF files.
+    group : str
+        The acquisition (source) the image comes from, as well as the index tells
+        (:func:`source_group`); images of one group are kept on one side of ``split_records(...,
+        by="source")``. Empty when unknown.
     """
 
     dataset: str
@@ -93,6 +103,7 @@ class ImageRecord:
     modality: str
     image_path: Path
     labels_path: Path
+    group: str = ""
 
     @property
     def key(self) -> str:
@@ -151,33 +162,106 @@ def _index_records(index: Path) -> list[ImageRecord]:
         records.append(ImageRecord(
             dataset=folder.name, name=name, modality=modality,
             image_path=folder / "images" / f"{name}.tif", labels_path=folder / "labels" / f"{name}.tif",
+            group=source_group(folder.name, row),
         ))
     return records
 
 
-def split_records(
-    records: Sequence[ImageRecord], val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED
-) -> dict[str, list[ImageRecord]]:
-    """Split by image, per modality: ``{"train": [...], "val": [...]}``.
+#: Usiigaci's sets come in blocks of consecutive names from one experiment: the runs of similar
+#: cell size (mean object area about 3,200-4,400 px for the large cells, 1,200-1,800 px for the
+#: small ones, measured on the labels) mark where one block ends and the next begins.
+USIIGACI_BLOCKS = ((1, 12), (13, 16), (17, 18), (19, 20), (21, 29), (30, 45))
+#: Source groups kept out of every choice ("locked" test groups): in neither side of the source
+#: split, evaluated only as ``--split test --split-by source``, once, after all choices are made.
+LOCKED_GROUPS = (
+    "dsb2018-train:fluorescence-603x1272-1ch-uint8",
+    "usiigaci-train:set19-20",
+)
+#: Ways of splitting: by image (the split micro-tiny was trained on) or by source group.
+SPLIT_BY = ("image", "source")
 
-    For each modality the records are sorted by key, permuted with
-    ``numpy.random.default_rng(seed)`` (one generator per modality, seeded with ``seed`` and the
-    modality's position in sorted order) and the first ``max(1, round(val_fraction * n))`` go to
-    validation (none when a modality has a single image). Deterministic for a given index.
+
+def source_group(dataset: str, row: dict) -> str:
+    """The acquisition (source) group of one ``index.csv`` row, as ``"dataset:group"``.
+
+    A ``group`` column wins where the index has one. Usiigaci's ``setNN`` images go by the blocks of
+    :data:`USIIGACI_BLOCKS`. Otherwise images of one modality with the same height, width, channels and
+    dtype are taken to come from one acquisition (DSB 2018's image groups); without those columns
+    every image is its own group (the source split is then a split by image).
     """
+    get = lambda col: (row.get(col) or "").strip()  # noqa: E731
+    if get("group"):
+        return f"{dataset}:{get('group')}"
+    name = get("name")
+    if dataset.startswith("usiigaci") and name.startswith("set") and name[3:].isdigit():
+        number = int(name[3:])
+        for first, last in USIIGACI_BLOCKS:
+            if first <= number <= last:
+                return f"{dataset}:set{first:02d}-{last:02d}"
+    if get("height") and get("width"):
+        return f"{dataset}:{get('modality')}-{get('height')}x{get('width')}-{get('channels') or '?'}ch-{get('dtype') or '?'}"
+    return f"{dataset}:{name}"
+
+
+def split_records(
+    records: Sequence[ImageRecord], val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED,
+    by: str = "image", locked: Iterable[str] = LOCKED_GROUPS,
+) -> dict[str, list[ImageRecord]]:
+    """Split per modality: ``{"train": [...], "val": [...], "test": [...]}``.
+
+    ``by="image"`` (micro-tiny's training split): for each modality the records are sorted by key,
+    permuted with ``numpy.random.default_rng([seed, i])`` (``i``: the modality's position in sorted
+    order) and the first ``max(1, round(val_fraction * n))`` go to validation (none when a modality has
+    a single image); ``"test"`` is empty.
+
+    ``by="source"``: whole source groups (:attr:`ImageRecord.group`) go to one side. Images of the
+    ``locked`` groups go to ``"test"``. The other groups of a modality are permuted with
+    ``default_rng([seed, i, 1])`` and taken in that order into validation while it holds fewer than
+    ``max(1, round(val_fraction * n))`` images, skipping a group that would make it more than twice
+    that or leave no training image; a modality with a single group keeps it all for training.
+    Deterministic for a given index, whatever the order of ``records``.
+    """
+    if by not in SPLIT_BY:
+        raise UserInputError(f"Unknown split '{by}': split by {' or '.join(SPLIT_BY)}.")
+    locked = set(locked) if by == "source" else set()
     by_mod: dict[str, list[ImageRecord]] = {}
     for rec in records:
         by_mod.setdefault(rec.modality, []).append(rec)
-    out: dict[str, list[ImageRecord]] = {"train": [], "val": []}
+    out: dict[str, list[ImageRecord]] = {"train": [], "val": [], "test": []}
     for i, modality in enumerate(sorted(by_mod)):
         recs = sorted(by_mod[modality], key=lambda r: r.key)
-        n = len(recs)
-        n_val = 0 if n < 2 else max(1, int(round(val_fraction * n)))
-        order = np.random.default_rng([seed, i]).permutation(n)
-        val_idx = set(order[:n_val].tolist())
-        for j, rec in enumerate(recs):
-            out["val" if j in val_idx else "train"].append(rec)
+        out["test"].extend(r for r in recs if r.group in locked)
+        recs = [r for r in recs if r.group not in locked]
+        val_keys = _val_by_image(recs, val_fraction, [seed, i]) if by == "image" else \
+            _val_by_source(recs, val_fraction, [seed, i, 1])
+        for rec in recs:
+            out["val" if rec.key in val_keys else "train"].append(rec)
     return out
+
+
+def _val_by_image(recs: list[ImageRecord], val_fraction: float, seed: list) -> set[str]:
+    n = len(recs)
+    n_val = 0 if n < 2 else max(1, int(round(val_fraction * n)))
+    order = np.random.default_rng(seed).permutation(n)
+    return {recs[j].key for j in order[:n_val].tolist()}
+
+
+def _val_by_source(recs: list[ImageRecord], val_fraction: float, seed: list) -> set[str]:
+    groups: dict[str, list[str]] = {}
+    for rec in recs:
+        groups.setdefault(rec.group or rec.key, []).append(rec.key)
+    if len(groups) < 2:
+        return set()
+    names = sorted(groups)
+    target = max(1, int(round(val_fraction * len(recs))))
+    val: set[str] = set()
+    for j in np.random.default_rng(seed).permutation(len(names)).tolist():
+        if len(val) >= target:
+            break
+        size = len(groups[names[j]])
+        if len(val) + size <= 2 * target and len(val) + size < len(recs):
+            val.update(groups[names[j]])
+    return val
 
 
 def select_records(
@@ -185,13 +269,20 @@ def select_records(
     split: str = "val",
     limit: int | None = None,
     modalities: Iterable[str] | None = None,
+    split_by: str = "image",
 ) -> list[ImageRecord]:
-    """Records of ``split`` (``"val"``, ``"train"`` or ``"all"``), at most ``limit`` per modality."""
+    """Records of ``split``, at most ``limit`` per modality.
+
+    ``split``: ``"val"``, ``"train"``, ``"all"``, or (with ``split_by="source"``) ``"test"``, the
+    locked groups (:data:`LOCKED_GROUPS`). ``split_by``: see :func:`split_records`.
+    """
     records = read_index(data_dir)
     if split != "all":
-        if split not in ("train", "val"):
-            raise UserInputError(f"Unknown split '{split}': use val, train or all.")
-        records = split_records(records)[split]
+        allowed = ("train", "val", "test") if split_by == "source" else ("train", "val")
+        if split not in allowed:
+            hint = " (the locked test groups exist only with the split by source)" if split == "test" else ""
+            raise UserInputError(f"Unknown split '{split}': use {', '.join(allowed)} or all{hint}.")
+        records = split_records(records, by=split_by)[split]
     if modalities is not None:
         wanted = set(modalities)
         records = [r for r in records if r.modality in wanted]
@@ -373,6 +464,8 @@ def evaluate_job(
     modalities: Sequence[str] | None = None,
     checkpoint: str | Path | None = None,
     on_image: Callable[[dict], None] | None = None,
+    split_by: str = "image",
+    split_touching: bool = False,
 ) -> Generator[Progress, None, dict]:
     """Evaluate ``model_name`` (and baselines) with a simulated user; a job.
 
@@ -416,6 +509,12 @@ def evaluate_job(
     on_image : callable, optional
         Called after every image with the result so far (same keys as the return value,
         ``"complete": False``), e.g. to save partial results as the run goes.
+    split_by : str
+        ``"image"`` (default, micro-tiny's training split) or ``"source"`` (whole acquisition groups
+        held out; ``split="test"`` then gives the locked groups), see :func:`split_records`.
+    split_touching : bool
+        Seeds mode: run the everything mode with
+        :attr:`napari_sam_micro.segmentation.EverythingOptions.split_touching`.
 
     Yields
     ------
@@ -437,7 +536,7 @@ def evaluate_job(
         if kind not in PROMPT_KINDS:
             raise UserInputError(f"Unknown prompt kind '{kind}': use {', '.join(PROMPT_KINDS)}.")
     records = list(subset) if subset is not None else select_records(
-        data_dir, split=split, limit=limit, modalities=modalities
+        data_dir, split=split, limit=limit, modalities=modalities, split_by=split_by
     )
     if not records:
         raise UserInputError(f"No images to evaluate in {data_dir} (split '{split}').")
@@ -460,9 +559,9 @@ def evaluate_job(
     settings = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
                 "checkpoint": None if checkpoint is None else str(checkpoint),
                 "min_area": min_area, "seed": seed, "everything_images": everything_images,
-                "limit": limit, "split": split}
+                "limit": limit, "split": split, "split_by": split_by, "split_touching": split_touching}
     run = _Run(model_names, specs, models, embedding_ids, with_ellipse, tuple(prompt_kinds), n_clicks, min_area,
-               max_objects, seed, everything, everything_images, amg_params)
+               max_objects, seed, everything, everything_images, amg_params, split_touching)
     skipped: list[dict] = []
 
     def result_so_far(evaluated: list[ImageRecord], complete: bool) -> dict:
@@ -506,6 +605,7 @@ class _Run:
     everything: bool
     everything_images: int | None
     amg_params: object
+    split_touching: bool = False
 
 
 def _evaluate_image(run: _Run, rec: ImageRecord, amg_done: dict, progress: tuple[int, int]):
@@ -538,7 +638,7 @@ def _evaluate_image(run: _Run, rec: ImageRecord, amg_done: dict, progress: tuple
         if run.everything and (run.everything_images is None or count < run.everything_images):
             counted.append((name, rec.modality))
             image = normalize_image(raw, config)
-            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params))
+            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params, run.split_touching))
     for key in counted:  # only an image evaluated to the end counts towards everything_images
         amg_done[key] = amg_done.get(key, 0) + 1
     return rows, f1_rows, len(objects)
@@ -585,73 +685,120 @@ def _score_objects(user: _PluginUser, name, rec, labels, objects, kinds, n_click
     return rows
 
 
-def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params) -> dict:
+def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, split_touching=False) -> dict:
     """F1 of the everything mode the plugin runs for this model (seeds or SAM's grid)."""
     from .core.automatic import automatic_segmentation
     from .core.progress import drain
     from .core.seeds import find_seeds
+    from .core.touching import TOUCHING_H
 
     if spec.seeded_everything:
-        pred = drain(user.session.segment_seeds_job(find_seeds(image))).labels
+        seeds = find_seeds(image, h=TOUCHING_H if split_touching else 0.0)
+        pred = drain(user.session.segment_seeds_job(seeds, split_touching=split_touching)).labels
     else:
         pred = drain(automatic_segmentation(user.session.model, image, params)).to_label_image(labels.shape)
     scores = instance_scores(labels, pred)
     return {"model": name, "image": rec.key, "modality": rec.modality, "tp": scores["tp"], "fp": scores["fp"],
-            "fn": scores["fn"], "f1": scores["f1"]}
+            "fn": scores["fn"], "f1": scores["f1"], "recall": scores["recall"],
+            "touching": touching_fraction(labels), "crowded": is_crowded(labels)}
 
 
 def _summarise(model_names, with_ellipse, records, rows, f1_rows, split) -> dict:
+    """Means, pooled F1 and their bootstrap intervals (images resampled, :mod:`core.bootstrap`)."""
     names = list(model_names) + (["ellipse"] if with_ellipse else [])
     iou: dict = {}
+    iou_ci: dict = {}
     for name in names:
         per_kind: dict = {}
         for row in rows:
-            if row["model"] != name:
-                continue
-            per_kind.setdefault(row["kind"], {}).setdefault(row["modality"], []).append(row["iou"])
-        iou[name] = {k: {m: float(np.mean(v)) for m, v in sorted(d.items())} for k, d in per_kind.items()}
-        for k, d in per_kind.items():
-            allv = [x for v in d.values() for x in v]
-            iou[name][k]["all"] = float(np.mean(allv))
+            if row["model"] == name:
+                per_kind.setdefault(row["kind"], {}).setdefault(row["modality"], []).append(row)
+        iou[name], iou_ci[name] = {}, {}
+        for kind, by_mod in per_kind.items():
+            by_mod = dict(sorted(by_mod.items()))
+            by_mod["all"] = [r for v in by_mod.values() for r in v]
+            iou[name][kind] = {m: float(np.mean([r["iou"] for r in v])) for m, v in by_mod.items()}
+            iou_ci[name][kind] = {m: list(clustered_mean_ci([r["iou"] for r in v], [r["image"] for r in v]))
+                                  for m, v in by_mod.items()}
     f1: dict = {}
+    f1_ci: dict = {}
     for name in model_names:
         per_mod: dict = {}
         for row in f1_rows:
             if row["model"] == name:
-                acc = per_mod.setdefault(row["modality"], [0, 0, 0])
-                acc[0] += row["tp"]
-                acc[1] += row["fp"]
-                acc[2] += row["fn"]
+                per_mod.setdefault(row["modality"], []).append((row["tp"], row["fp"], row["fn"]))
         if per_mod:
-            f1[name] = {m: (2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0) for m, (tp, fp, fn) in sorted(per_mod.items())}
+            per_mod = dict(sorted(per_mod.items()))
+            f1[name] = {m: pooled_f1(*np.sum(v, axis=0)) for m, v in per_mod.items()}
+            f1_ci[name] = {m: list(pooled_f1_ci(v)) for m, v in per_mod.items()}
     return {
+        "crowded": _crowded_summary(model_names, f1_rows),
         "models": names,
         "split": split,
         "images": [r.key for r in records],
         "iou": iou,
         "f1": f1,
+        "ci": {"iou": iou_ci, "f1": f1_ci, "level": CI_LEVEL, "n_resamples": N_RESAMPLES, "seed": CI_SEED,
+               "unit": "image (objects clustered by image; F1 pooled over the resampled images)"},
         "per_object": rows,
         "everything": f1_rows,
     }
 
 
+def _crowded_summary(model_names, f1_rows) -> dict:
+    """Everything mode on crowded images (:func:`~napari_sam_micro.core.touching.is_crowded`) and the others.
+
+    ``{model: {"crowded" | "other": {"images", "tp", "fp", "fn", "recall", "f1", "f1_ci"}}}``, pooled.
+    """
+    out: dict = {}
+    for name in model_names:
+        for group in ("crowded", "other"):
+            sel = [(r["tp"], r["fp"], r["fn"]) for r in f1_rows
+                   if r["model"] == name and bool(r.get("crowded")) == (group == "crowded")]
+            if not sel:
+                continue
+            tp, fp, fn = (int(v) for v in np.sum(sel, axis=0))
+            out.setdefault(name, {})[group] = {
+                "images": len(sel), "tp": tp, "fp": fp, "fn": fn, "recall": tp / (tp + fn) if tp + fn else 1.0,
+                "f1": pooled_f1(tp, fp, fn), "f1_ci": list(pooled_f1_ci(sel)),
+            }
+    return out
+
+
+def _cell(value: float | None, interval, width: int) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    if interval is None or any(v is None or not np.isfinite(v) for v in interval):
+        return f"{value:>{width}.3f}"
+    return f"{f'{value:.3f} [{interval[0]:.2f}-{interval[1]:.2f}]':>{width}}"
+
+
 def format_table(result: dict) -> str:
-    """Plain-text table of a result of :func:`evaluate_job`: one row per model and prompt kind."""
-    modalities = sorted({m for d in result["iou"].values() for k in d.values() for m in k if m != "all"})
+    """Plain-text table of a result of :func:`evaluate_job`: one row per model and prompt kind.
+
+    Each cell: the score and, in brackets, its bootstrap interval (``result["ci"]``; none with a
+    single image).
+    """
+    modalities = sorted({m for d in result["iou"].values() for k in d.values() for m in k if m != "all"}
+                        | {m for d in result.get("f1", {}).values() for m in d})
     cols = modalities + ["all"]
-    width = max([14] + [len(c) + 2 for c in cols])
+    ci = result.get("ci", {})
+    level = ci.get("level", CI_LEVEL)
+    width = max([22] + [len(c) + 2 for c in cols])
     lines = [f"{'model':<14}{'prompt':<12}" + "".join(f"{c:>{width}}" for c in cols)]
     lines.append("-" * len(lines[0]))
     for name in result["models"]:
         for kind, per_mod in result["iou"].get(name, {}).items():
-            cells = "".join(f"{per_mod[c]:>{width}.3f}" if c in per_mod else f"{'-':>{width}}" for c in cols)
-            lines.append(f"{name:<14}{kind:<12}" + cells)
+            kind_ci = ci.get("iou", {}).get(name, {}).get(kind, {})
+            lines.append(f"{name:<14}{kind:<12}" + "".join(_cell(per_mod.get(c), kind_ci.get(c), width) for c in cols))
         if name in result.get("f1", {}):
-            per_mod = result["f1"][name]
-            cells = "".join(f"{per_mod[c]:>{width}.3f}" if c in per_mod else f"{'-':>{width}}" for c in cols)
-            lines.append(f"{name:<14}{'F1@0.5 all':<12}" + cells)
+            per_mod, mod_ci = result["f1"][name], ci.get("f1", {}).get(name, {})
+            lines.append(f"{name:<14}{'F1@0.5':<12}" + "".join(_cell(per_mod.get(c), mod_ci.get(c), width) for c in cols))
+    for name, groups in result.get("crowded", {}).items():
+        for group, g in groups.items():
+            cell = _cell(g["f1"], g["f1_ci"], 0).strip()
+            lines.append(f"{name:<14}everything on {g['images']} {group} image(s): F1@0.5 {cell}, recall {g['recall']:.3f}")
     counts = ", ".join(f"{m}: {n}" for m, n in sorted(result.get("n_objects", {}).items()))
-    lines.append(f"mean IoU per object (F1: automatic segmentation); objects: {counts}")
+    lines.append(f"mean IoU per object (F1: automatic segmentation, pooled); [{level:.0%} bootstrap interval, "
+                 f"images resampled]; objects: {counts}")
     return "\n".join(lines)
-
-

@@ -29,6 +29,7 @@ from .core.model_api import PromptableModel
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Job, Progress
 from .core.seeds import SEED_IOU_FLOOR, find_seeds
+from .core.touching import TOUCHING_H
 from .session import AnnotationSession
 
 __all__ = ["MODE_SEEDS", "MODE_GRID", "EverythingOptions", "EverythingResult", "everything_job", "everything_mode_for"]
@@ -51,6 +52,11 @@ class EverythingOptions:
         Seeds mode: see :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`.
     min_area : int
         Objects with fewer pixels are dropped (both modes).
+    split_touching : bool
+        Seeds mode, for crowded nuclei: seeds at the h-maxima of the seed score
+        (``find_seeds(..., h=TOUCHING_H)``) and masks clipped to their watershed basin where they
+        cover another seed (:mod:`napari_sam_micro.core.touching`). Off by default: on held-out
+        images it has not been shown to help (docs/models.md).
     grid : AmgParams
         Grid mode: SAM's automatic mask generator settings and filters.
     """
@@ -63,6 +69,7 @@ class EverythingOptions:
     keep_largest: bool = True
     min_area: int = 10
     refill: bool = True
+    split_touching: bool = False
     grid: AmgParams = field(default_factory=AmgParams)
 
     def __post_init__(self):
@@ -160,7 +167,8 @@ def everything_job(
     yield Progress(0, 0, "Finding object centres")
     session = AnnotationSession(model, cache, config, model_id=model_id, **AnnotationSession.options_for(spec))
     session.set_image(plane)
-    seeds = find_seeds(normalize_image(plane, config), min_distance=int(options.min_distance))
+    seeds = find_seeds(normalize_image(plane, config), min_distance=int(options.min_distance),
+                       h=TOUCHING_H if options.split_touching else 0.0)
     res = yield from session.segment_seeds_job(
         seeds,
         iou_floor=options.iou_floor,
@@ -169,6 +177,7 @@ def everything_job(
         keep_largest=options.keep_largest,
         min_area=options.min_area,
         refill=options.refill,
+        split_touching=options.split_touching,
     )
     return EverythingResult(res.labels, res.table, MODE_SEEDS, res.seeds_rc, res.refill_rc, res.windows_encoded)
 

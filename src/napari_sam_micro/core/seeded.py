@@ -43,6 +43,7 @@ from .seeds import (
     resolve_seeded_masks,
     uncovered_seeds,
 )
+from .touching import clip_merged_masks, seed_basins
 from .windows import Window, cover_objects, reuse_window
 
 __all__ = ["SeededSegmentation", "seeded_segmentation_job", "decode_seeds_job", "with_embeddings"]
@@ -178,6 +179,7 @@ def seeded_segmentation_job(
     keep_largest: bool = True,
     min_area: int = 10,
     refill: bool = True,
+    split_touching: bool = False,
 ) -> Job[SeededSegmentation]:
     """Seeded everything mode on one plane (see the module docstring); a job.
 
@@ -195,6 +197,10 @@ def seeded_segmentation_job(
     refill : bool
         Seed the foreground no mask covers (regions of at least ``REFILL_AREA_FRACTION`` x the first
         pass's median object area) and add the objects found there.
+    split_touching : bool
+        Clip a seed's mask that covers another seed to leave that seed's watershed basin
+        (:func:`~napari_sam_micro.core.touching.clip_merged_masks`), so touching nuclei are not merged.
+        Off by default (the masks are then exactly the decoder's).
     """
     hw = ctx.hw
     seeds = np.asarray(seeds_rc, dtype=np.float64).reshape(-1, 2)
@@ -213,6 +219,8 @@ def seeded_segmentation_job(
 
     masks, pious, stabs = split((yield from decode_seeds_job(ctx, seeds, counted, choose, "Seed", check)))
     yield Progress(len(seeds), len(seeds), "Resolving overlaps")
+    if split_touching and len(seeds):
+        masks = clip_merged_masks(masks, seeds, seed_basins(foreground_mask(image)[0], seeds))
     labels_img, table = resolve_seeded_masks(
         masks, pious, stabs, hw, nms_thresh=nms_thresh, fill_holes=fill_holes, keep_largest=keep_largest, min_area=min_area
     )

@@ -132,6 +132,7 @@ def find_seeds(
     min_radius: float = 2.0,
     intensity_weight: float = 2.0,
     max_seeds: int | None = None,
+    h: float = 0.0,
 ) -> np.ndarray:
     """Candidate object centres (see the module docstring for the algorithm).
 
@@ -152,6 +153,13 @@ def find_seeds(
         transform, in pixels per unit intensity.
     max_seeds : int, optional
         Keep at most this many, highest score first.
+    h : float
+        With ``h > 0``, the maxima are the score's h-maxima (:func:`skimage.morphology.h_maxima`):
+        regional maxima that rise at least ``h`` (pixels of the score) above the saddle to any
+        higher one, instead of the maxima of a ``min_distance`` maximum filter. Two touching nuclei
+        joined by a narrow neck keep one seed each even when their centres are close, while the
+        shallow bumps of one irregular nucleus give no second seed
+        (:data:`~napari_sam_micro.core.touching.TOUCHING_H`). 0 (default): the maximum filter.
 
     Returns
     -------
@@ -174,6 +182,10 @@ def find_seeds(
     del signal
     if sigma > 0:
         _gaussian_in_place(dist, sigma)
+    if h > 0:
+        from .touching import h_maxima_seeds
+
+        return h_maxima_seeds(dist, allowed, float(h), min_distance, max_seeds)
     return _maxima(dist, allowed, min_distance, max_seeds)
 
 
@@ -258,6 +270,14 @@ def _maxima(
         top = ndi.maximum_filter(score[lo:hi], size=size, mode="nearest")[r0 - lo : r1 - lo]
         peaks[r0:r1] = score[r0:r1] == top
     peaks &= allowed
+    return _peak_centres(score, peaks, allowed, min_distance, max_peaks, centre_inside)
+
+
+def _peak_centres(
+    score: np.ndarray, peaks: np.ndarray, allowed: np.ndarray, min_distance: int, max_peaks: int | None = None,
+    centre_inside: bool = False,
+) -> np.ndarray:
+    """One ``(row, col)`` per connected plateau of ``peaks`` (H, W) bool, highest ``score`` first, spaced."""
     # plateaus give several equal maxima: keep one per connected plateau
     lab, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
     if n == 0:
