@@ -135,7 +135,8 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         layout.addLayout(actions)
         layout.addWidget(self.reset_button)
         layout.addWidget(self.objects, 1)
-        self.add_section(PropagatePanel(self))
+        self.propagate_panel = PropagatePanel(self)
+        self.add_section(self.propagate_panel)
         self.setToolTip(_HELP)
         controls = {**self.model_form.controls(), "preencode": self.preencode_check, "overwrite": self.overwrite_check}
         self.settings = PersistedControls("annotator", controls, keep=("model",) if model else ())
@@ -163,7 +164,8 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         self.negative_check.toggled.connect(self._on_negative_toggled)
         self._connect(self.viewer.dims.events.current_step, self._on_dims_changed)
         self._connect(self.viewer.dims.events.ndisplay, self._on_dims_changed)
-        self.destroyed.connect(make_unbinder(self.viewer, self._bound_keys))
+        unbind = make_unbinder(self.viewer, self._bound_keys)
+        self.destroyed.connect(lambda: unbind())  # no argument: PyQt would wrap the half-destroyed object
 
     def _reset_settings(self) -> None:
         self.settings.reset()

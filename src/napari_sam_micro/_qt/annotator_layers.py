@@ -66,6 +66,9 @@ class KeysMixin:
         self.unbind_keys()
         self.cancel()
         self.preencoder.stop()
+        panel = getattr(self, "propagate_panel", None)
+        if panel is not None:
+            panel.shutdown()
         self._detach_layers()
         for emitter, callback in self._connected:
             try:

@@ -159,9 +159,15 @@ class PropagatePanel(QGroupBox):
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.cancel)
         self.viewer.dims.events.ndim.connect(self._refresh_axes)
-        self.destroyed.connect(_make_teardown(self.viewer, self._refresh_axes, self.unbind_keys))
+        # no ``destroyed`` handler: it would run during garbage collection, after the Qt side is gone
+        # (a crash under pytest-qt); the Annotator's shutdown() calls shutdown() here
         self._refresh_axes()
         self.bind_keys()
+
+    def shutdown(self) -> None:
+        """Cancel a running propagation, release J and stop following the viewer's axes."""
+        self.cancel()
+        _make_teardown(self.viewer, self._refresh_axes, self.unbind_keys)()
 
     # -- keys ---------------------------------------------------------------------------------
     def bind_keys(self) -> None:

@@ -100,7 +100,7 @@ class SeriesWidget(QWidget):
         self.start_button.clicked.connect(self.start)
         self.next_button.clicked.connect(self.next)
         self.previous_button.clicked.connect(self.previous)
-        self.destroyed.connect(lambda *_: self._unbind())
+        self.destroyed.connect(lambda: self._unbind())  # no argument: PyQt would wrap the half-destroyed object
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         for key, func in ((KEY_NEXT, lambda v: self.next()), (KEY_PREVIOUS, lambda v: self.previous())):
             self._bound[key] = (func, self.viewer.bind_key(key, func, overwrite=True))
