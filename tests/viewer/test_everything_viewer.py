@@ -34,7 +34,7 @@ def _pick_image(shared_data: Path) -> str:
     pytest.skip("no suitable dsb2018 fluorescence image")
 
 
-def test_everything_mode_on_nuclei(qtbot, shared_data):
+def test_everything_mode_on_nuclei(make_napari_viewer, qtbot, shared_data):
     if not os.environ.get("DISPLAY"):
         pytest.skip("needs a display: run under xvfb-run -a")
     napari = pytest.importorskip("napari")
@@ -49,7 +49,9 @@ def test_everything_mode_on_nuclei(qtbot, shared_data):
     image = tifffile.imread(shared_data / "dsb2018-train" / "images" / f"{name}.tif")
     gt = tifffile.imread(shared_data / "dsb2018-train" / "labels" / f"{name}.tif")
 
-    viewer = napari.Viewer(show=True, title="napari-sam-micro: everything mode")
+    # the fixture shares napari's plugin registration between viewers (a second napari.Viewer in
+    # one process re-registers our npe2 commands and fails) and closes the viewer afterwards
+    viewer = make_napari_viewer(show=True, title="napari-sam-micro: everything mode")
     try:
         viewer.window.resize(1500, 950)
         image_layer = viewer.add_image(image, name=f"dsb2018 {name[:8]}", colormap="gray")
@@ -102,7 +104,6 @@ def test_everything_mode_on_nuclei(qtbot, shared_data):
         widget_worker = getattr(locals().get("widget"), "worker", None)
         if widget_worker is not None:
             widget_worker.quit()
-        viewer.close()
 
 
 def _grid_mode(qtbot, widget, gt, model, name, instance_scores):

@@ -22,10 +22,10 @@ RUN_TIMEOUT_MS = 580_000
 IMAGE = "2349e95ece2857c8"  # held-out (validation) fluorescence image, 9 well separated nuclei
 
 
-def test_refine_eroded_labels_in_the_viewer(qtbot, shared_data):
+def test_refine_eroded_labels_in_the_viewer(make_napari_viewer, qtbot, shared_data):
     if not os.environ.get("DISPLAY"):
         pytest.skip("needs a display: run under xvfb-run -a")
-    napari = pytest.importorskip("napari")
+    pytest.importorskip("napari")
     tifffile = pytest.importorskip("tifffile")
     from napari_sam_micro._qt.refine import RefineWidget
     from napari_sam_micro.core.degrade import best_match_iou, erode_labels
@@ -39,36 +39,35 @@ def test_refine_eroded_labels_in_the_viewer(qtbot, shared_data):
     spoiled = erode_labels(gt, 0.25)
     before = float(np.mean(best_match_iou(gt, spoiled)))
 
-    viewer = napari.Viewer(show=True, title="napari-sam-micro: refine labels")
-    try:
-        viewer.window.resize(1500, 950)
-        if image.ndim == 3:
-            image = image[..., :3]
-        viewer.add_image(image, name=f"dsb2018 {IMAGE[:8]}", rgb=image.ndim == 3)
-        layer = viewer.add_labels(spoiled, name="eroded labels (e.g. Cellpose)", opacity=0.5)
-        widget = RefineWidget(viewer, model=default_model_name())
-        viewer.window.add_dock_widget(widget, name="Refine labels", area="right")
-        widget.labels_combo.set_layer(layer)
-        assert widget.run() is not None, widget.status.text() if hasattr(widget, "status") else ""
-        qtbot.waitUntil(lambda: not widget.job_panel.is_busy(), timeout=RUN_TIMEOUT_MS)
-        assert widget.refined, "no proposals"
-        assert widget.table.rowCount() == len(widget.refined)
-        np.testing.assert_array_equal(layer.data, spoiled)  # nothing written before accepting
-        qtbot.wait(300)
-        shot = viewer.screenshot(canvas_only=False, flash=False)
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        import imageio.v3 as iio
+    # the fixture shares napari's plugin registration between viewers (a second napari.Viewer in
+    # one process re-registers our npe2 commands and fails) and closes the viewer afterwards
+    viewer = make_napari_viewer(show=True, title="napari-sam-micro: refine labels")
+    viewer.window.resize(1500, 950)
+    if image.ndim == 3:
+        image = image[..., :3]
+    viewer.add_image(image, name=f"dsb2018 {IMAGE[:8]}", rgb=image.ndim == 3)
+    layer = viewer.add_labels(spoiled, name="eroded labels (e.g. Cellpose)", opacity=0.5)
+    widget = RefineWidget(viewer, model=default_model_name())
+    viewer.window.add_dock_widget(widget, name="Refine labels", area="right")
+    widget.labels_combo.set_layer(layer)
+    assert widget.run() is not None, widget.status.text() if hasattr(widget, "status") else ""
+    qtbot.waitUntil(lambda: not widget.job_panel.is_busy(), timeout=RUN_TIMEOUT_MS)
+    assert widget.refined, "no proposals"
+    assert widget.table.rowCount() == len(widget.refined)
+    np.testing.assert_array_equal(layer.data, spoiled)  # nothing written before accepting
+    qtbot.wait(300)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    import imageio.v3 as iio
 
-        iio.imwrite(SCREENSHOT, shot)
-        assert SCREENSHOT.stat().st_size > 10_000
+    iio.imwrite(SCREENSHOT, shot)
+    assert SCREENSHOT.stat().st_size > 10_000
 
-        widget.accept_all()
-        after = float(np.mean(best_match_iou(gt, np.asarray(layer.data))))
-        print(f"refine on dsb2018/{IMAGE}: mean IoU of eroded labels {before:.3f} -> {after:.3f}")
-        # eroding by a quarter of the radius leaves ~0.56 IoU; the model's masks of these nuclei
-        # reach about 0.9 (box IoU on held-out fluorescence 0.886): a gain of 0.15 is a clear win
-        assert after >= before + 0.15
-        layer.undo()
-        np.testing.assert_array_equal(layer.data, spoiled)  # one undo step
-    finally:
-        viewer.close()
+    widget.accept_all()
+    after = float(np.mean(best_match_iou(gt, np.asarray(layer.data))))
+    print(f"refine on dsb2018/{IMAGE}: mean IoU of eroded labels {before:.3f} -> {after:.3f}")
+    # eroding by a quarter of the radius leaves ~0.56 IoU; the model's masks of these nuclei
+    # reach about 0.9 (box IoU on held-out fluorescence 0.886): a gain of 0.15 is a clear win
+    assert after >= before + 0.15
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, spoiled)  # one undo step
