@@ -88,14 +88,19 @@ def test_multiscale_segments_full_resolution():
     assert needs_tiling((2048, 100), tile=1024) and not needs_tiling((1024, 1024), tile=1024)
 
 
-def _dsb_mosaic(shared_data: Path, n_side: int = 2):
-    """``n_side`` x ``n_side`` fluorescence DSB images of 256 x 256, placed side by side."""
+def _dsb_mosaic(shared_data: Path, n_side: int = 2, instances=(8, 16)):
+    """``n_side`` x ``n_side`` fluorescence DSB images of 256 x 256 with ``instances`` nuclei each, side by side.
+
+    Moderately filled images keep the test's cost (about two windows encoded per object, twice)
+    to a couple of minutes; crowded ones (80 nuclei) made it take a quarter of an hour.
+    """
     import tifffile
 
     root = shared_data / "dsb2018-train"
     with open(root / "index.csv") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["modality"] == "fluorescence" and r["height"] == "256" and r["width"] == "256" and r["channels"] == "1"]
-    picked = rows[3: 3 + n_side * n_side]
+        rows = [r for r in csv.DictReader(fh) if r["modality"] == "fluorescence" and r["height"] == "256" and r["width"] == "256" and r["channels"] == "1"
+                and instances[0] <= int(r["instances"]) <= instances[1]]
+    picked = rows[: n_side * n_side]
     tiles = [tifffile.imread(root / "images" / f"{r['name']}.tif") for r in picked]
     if len(tiles) < n_side * n_side:
         pytest.skip("not enough small fluorescence DSB images")
@@ -119,7 +124,7 @@ def test_micro_tiny_mosaic_tiled_matches_untiled(shared_data):
     tiled = np.asarray(drain(tiled_everything_job(model, mosaic, spec, tile=256, halo=64)).labels)
     scores = instance_scores(whole, tiled)
     print({k: scores[k] for k in ("n_gt", "n_pred", "f1")})
-    assert scores["n_gt"] > 50 and scores["f1"] >= 0.98
+    assert scores["n_gt"] > 25 and scores["f1"] >= 0.98
     # no object split at the core borders (rows / cols 256): an untiled object crossing one is one
     # tiled object (its tiled pixels all carry one id)
     src, dst, _ = match_overlaps(whole, tiled, 0.0, "a")

@@ -273,8 +273,10 @@ def open_input(path, lazy: bool = True):
     return _open(Path(path), lazy)
 
 
-def segment_tile_task(path, index, tile, settings: BatchSettings, config: PreprocessConfig):
+def segment_tile_task(path, index, tile, settings: BatchSettings, config: PreprocessConfig, options=None):
     """One tile of one plane of an input, segmented where this runs (a Dask task).
+
+    ``options`` (default ``settings.options``): the plane's, with its measured foreground threshold.
 
     Returns
     -------
@@ -285,7 +287,7 @@ def segment_tile_task(path, index, tile, settings: BatchSettings, config: Prepro
     plane = _plane(_open(Path(path), lazy=True).data, tuple(index))
     pixels = read_tile(plane, tile)
     model, spec = _model(settings)
-    res = drain(segment_tile_pixels(model, pixels, spec, config, settings.options))
+    res = drain(segment_tile_pixels(model, pixels, spec, config, options or settings.options))
     return (None, None) if res is None else (res.labels, res.table)
 
 

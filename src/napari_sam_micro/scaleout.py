@@ -145,9 +145,9 @@ def _large_image_job(client, path, out_dir, settings) -> Job[dict]:
     """One large image: its tiles as tasks, stitched and written here."""
 
     def tile_runner(src: str, index):
-        def run_tiles(tiles, config):
+        def run_tiles(tiles, config, options):
             futs = [
-                client.submit(segment_tile_task, src, tuple(index), t, settings, config, retries=TASK_RETRIES, pure=False)
+                client.submit(segment_tile_task, src, tuple(index), t, settings, config, options, retries=TASK_RETRIES, pure=False)
                 for t in tiles
             ]
             for t, fut in zip(tiles, futs):

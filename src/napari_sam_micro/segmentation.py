@@ -57,6 +57,10 @@ class EverythingOptions:
         (``find_seeds(..., h=TOUCHING_H)``) and masks clipped to their watershed basin where they
         cover another seed (:mod:`napari_sam_micro.core.touching`). Off by default: on held-out
         images it has not been shown to help (docs/models.md).
+    foreground : (float, str), optional
+        Seeds mode: the foreground threshold and polarity of the whole plane when the plane given is
+        a tile of it (:func:`~napari_sam_micro.core.seeds.foreground_threshold`; set by the tiled
+        mode); default: the plane's own Otsu threshold.
     grid : AmgParams
         Grid mode: SAM's automatic mask generator settings and filters.
     """
@@ -70,6 +74,7 @@ class EverythingOptions:
     min_area: int = 10
     refill: bool = True
     split_touching: bool = False
+    foreground: tuple[float, str] | None = None
     grid: AmgParams = field(default_factory=AmgParams)
 
     def __post_init__(self):
@@ -168,7 +173,7 @@ def everything_job(
     session = AnnotationSession(model, cache, config, model_id=model_id, **AnnotationSession.options_for(spec))
     session.set_image(plane)
     seeds = find_seeds(normalize_image(plane, config), min_distance=int(options.min_distance),
-                       h=TOUCHING_H if options.split_touching else 0.0)
+                       h=TOUCHING_H if options.split_touching else 0.0, threshold=options.foreground)
     res = yield from session.segment_seeds_job(
         seeds,
         iou_floor=options.iou_floor,
@@ -178,6 +183,7 @@ def everything_job(
         min_area=options.min_area,
         refill=options.refill,
         split_touching=options.split_touching,
+        foreground=options.foreground,
     )
     return EverythingResult(res.labels, res.table, MODE_SEEDS, res.seeds_rc, res.refill_rc, res.windows_encoded)
 

@@ -15,17 +15,18 @@ level, a memory map) and the labels go to a ``canvas`` that may be a zarr array 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .core.cache import EmbeddingCache
 from .core.errors import UserInputError
 from .core.model_api import PromptableModel
-from .core.preprocess import PreprocessConfig, measure_value_ranges
+from .core.preprocess import PreprocessConfig, measure_value_ranges, normalize_image, sample_plane
 from .core.progress import Job, Progress
+from .core.seeds import foreground_threshold
 from .core.tiles import STITCH_MIN_SCORE, Tile, TileStitcher, plan_tiles
-from .segmentation import EverythingOptions, EverythingResult, everything_job, everything_mode_for
+from .segmentation import MODE_SEEDS, EverythingOptions, EverythingResult, everything_job, everything_mode_for
 
 __all__ = [
     "DEFAULT_TILE",
@@ -150,7 +151,7 @@ def tiled_everything_job(
     min_score : float
         See :class:`~napari_sam_micro.core.tiles.TileStitcher`.
     run_tiles : callable, optional
-        ``run_tiles(tiles, preprocess)``: a generator yielding :class:`Progress` and, for every tile
+        ``run_tiles(tiles, preprocess, options)``: a generator yielding :class:`Progress` and, for every tile
         in plan order, ``(tile, labels, table)`` (``labels`` None for a blank tile); e.g. tiles run
         as Dask tasks (:mod:`napari_sam_micro.scaleout`). Default: here, one after the other.
     """
@@ -162,6 +163,11 @@ def tiled_everything_job(
     h, w = int(plane.shape[0]), int(plane.shape[1])
     yield Progress(0, 0, "Measuring the intensity range")
     config = measure_value_ranges(plane, preprocess)
+    if mode == MODE_SEEDS and options.foreground is None:
+        # one foreground threshold for every tile: a tile's own Otsu threshold loses dim objects
+        # next to bright ones (core.seeds.foreground_threshold)
+        sample = normalize_image(np.asarray(sample_plane(plane)), config)
+        options = replace(options, foreground=foreground_threshold(sample))
     if canvas is None:
         canvas = np.zeros((h, w), np.uint32) if h * w <= 8192 * 8192 else zarr_canvas((h, w))
     stitcher = TileStitcher(canvas, min_score)
@@ -169,7 +175,7 @@ def tiled_everything_job(
     if run_tiles is None:
         source = local_tiles(model, plane, spec, tiles, config, options, cache, model_id)
     else:
-        source = run_tiles(tiles, config)
+        source = run_tiles(tiles, config, options)
     done = 0
     for item in source:
         if isinstance(item, Progress):

@@ -93,3 +93,14 @@ def test_nothing_to_propagate_says_why(qtbot, disk_test_model, notes):
     panel.label_spin.setValue(12)
     assert not panel.propagate()
     assert any("Label 12 is not on the shown plane" in msg for _, msg in notes)
+
+
+def test_the_plane_range_spans_the_stack_and_follows_it(qtbot, disk_test_model):
+    viewer, widget, panel = _setup(qtbot, disk_test_model)
+    assert (panel.first_spin.value(), panel.last_spin.value()) == (0, 6)  # the 7-plane stack, not 100000
+    assert panel.last_spin.maximum() == 6
+    viewer.add_image(np.zeros((12, 96, 128), np.uint16), name="longer")  # the viewer's z range grows
+    assert panel.last_spin.value() == 11 and panel.first_spin.maximum() == 11
+    panel.last_spin.setValue(4)  # a chosen end is kept when the range changes
+    viewer.layers.remove("longer")
+    assert panel.last_spin.value() == 4 and panel.last_spin.maximum() == 6

@@ -11,6 +11,7 @@ from napari_sam_micro.core.seeds import (
     choose_seed_mask,
     find_seeds,
     foreground_mask,
+    foreground_threshold,
     otsu_threshold,
     resolve_seeded_masks,
     uncovered_seeds,
@@ -162,3 +163,28 @@ def test_add_uncovered_masks_adds_new_objects_and_never_changes_existing_ones():
     # nothing to add
     out2, rows2 = add_uncovered_masks(labels, table, [], [], [])
     assert np.array_equal(out2, labels) and rows2["index"] == [1, 2]
+
+
+@pytest.mark.parametrize("bright", [True, False])
+def test_a_tile_with_the_planes_threshold_finds_the_planes_seeds(bright):
+    """Two bright fields and a dim one: a tile of mostly the dim field, thresholded on its own, finds
+    objects the whole plane does not (so tiled and untiled results disagree); with the plane's
+    threshold it finds the plane's seeds and foreground."""
+    img, _ = _blobs(bright=True)
+    dim = 0.1 + 0.4 * (img - 0.1)  # the same objects, 0.4 x as bright above the background
+    plane = np.concatenate([img, img, dim], axis=1)  # (80, 288)
+    if not bright:
+        plane = 1 - plane
+    threshold = foreground_threshold(plane)
+    assert threshold[1] == ("bright" if bright else "dark")
+    x0 = 96  # the tile: the second bright field's right two thirds and the dim field
+    tile = plane[:, x0:]
+
+    def in_dim(seeds, offset):
+        return seeds[seeds[:, 1] + offset >= 192]
+
+    whole = in_dim(find_seeds(plane), 0)
+    assert len(in_dim(find_seeds(tile), x0)) != len(whole)  # what the shared threshold is for
+    np.testing.assert_allclose(in_dim(find_seeds(tile, threshold=threshold), x0) + [0, x0], whole, atol=1.0)
+    mask, _ = foreground_mask(tile, threshold=threshold)
+    np.testing.assert_array_equal(mask[:, 192 - x0 + 8:], foreground_mask(plane)[0][:, 200:])

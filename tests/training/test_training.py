@@ -296,11 +296,12 @@ def test_train_whole_model_on_a_crop_stream_with_a_time_budget(tmp_path):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     crops = training.CropStream(bank, training.CropConfig(), workers=0, seed=1)
     saved = []
-    cfg = training.TrainConfig(steps=3, batch_size=2, log_every=1, warmup=1, train_encoder=True,
+    # two steps of one crop: a full-encoder backward pass is the dearest thing in the suite's training tests
+    cfg = training.TrainConfig(steps=2, batch_size=1, log_every=1, warmup=1, train_encoder=True,
                                box_fraction=0.34, box_point_fraction=0.33)
     result = drain(training.train_job(crops, cfg, net=net, checkpoint=lambda n, s: saved.append(s),
                                       checkpoint_every_s=0.0))
-    assert [h["step"] for h in result["history"]] == [1, 2, 3] and saved == [1, 2, 3]
+    assert [h["step"] for h in result["history"]] == [1, 2] and saved == [1, 2]
     after = net.state_dict()
     changed = {k for k in after if after[k].is_floating_point() and not torch.equal(before[k], after[k])}
     assert any(k.startswith("image_encoder.layers.0.") for k in changed)

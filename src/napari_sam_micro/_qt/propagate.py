@@ -159,6 +159,8 @@ class PropagatePanel(QGroupBox):
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.cancel)
         self.viewer.dims.events.ndim.connect(self._refresh_axes)
+        self.viewer.dims.events.range.connect(self._fit_range)
+        self.axis_combo.currentIndexChanged.connect(self._fit_range)
         # no ``destroyed`` handler: it would run during garbage collection, after the Qt side is gone
         # (a crash under pytest-qt); the Annotator's shutdown() calls shutdown() here
         self._refresh_axes()
@@ -167,7 +169,7 @@ class PropagatePanel(QGroupBox):
     def shutdown(self) -> None:
         """Cancel a running propagation, release J and stop following the viewer's axes."""
         self.cancel()
-        _make_teardown(self.viewer, self._refresh_axes, self.unbind_keys)()
+        _make_teardown(self.viewer, self._refresh_axes, self._fit_range, self.unbind_keys)()
 
     # -- keys ---------------------------------------------------------------------------------
     def bind_keys(self) -> None:
@@ -198,6 +200,19 @@ class PropagatePanel(QGroupBox):
         found = self.axis_combo.findData(current)
         if found >= 0:
             self.axis_combo.setCurrentIndex(found)
+        self._fit_range()
+
+    def _fit_range(self, *_args) -> None:
+        """Planes 0 to the chosen axis's last plane (the spin boxes cannot go past it)."""
+        axis = self.axis_combo.currentData()
+        if axis is None:
+            return
+        last = max(int(self.viewer.dims.nsteps[int(axis)]) - 1, 0)
+        follow = self.last_spin.value() >= self.last_spin.maximum()  # "to the end" stays the end
+        for spin in (self.first_spin, self.last_spin):
+            spin.setMaximum(last)
+        if follow:
+            self.last_spin.setValue(last)
 
     def options(self, n_leading: int, world_ndim: int) -> PropagationOptions:
         """The panel's settings; the viewer axis is mapped to the image's leading axis."""
@@ -313,14 +328,15 @@ class PropagatePanel(QGroupBox):
             self.status.setText("Propagation cancelled; nothing was added.")
 
 
-def _make_teardown(viewer, on_ndim, unbind):
+def _make_teardown(viewer, on_ndim, on_range, unbind):
     """What runs when the panel is destroyed (no reference to the dead widget's Qt side is needed)."""
 
     def teardown(*_args):
-        try:
-            viewer.dims.events.ndim.disconnect(on_ndim)
-        except (TypeError, ValueError, RuntimeError):
-            pass
+        for event, handler in ((viewer.dims.events.ndim, on_ndim), (viewer.dims.events.range, on_range)):
+            try:
+                event.disconnect(handler)
+            except (TypeError, ValueError, RuntimeError):
+                pass
         unbind()
 
     return teardown

@@ -180,6 +180,7 @@ def seeded_segmentation_job(
     min_area: int = 10,
     refill: bool = True,
     split_touching: bool = False,
+    foreground: tuple[float, str] | None = None,
 ) -> Job[SeededSegmentation]:
     """Seeded everything mode on one plane (see the module docstring); a job.
 
@@ -201,6 +202,9 @@ def seeded_segmentation_job(
         Clip a seed's mask that covers another seed to leave that seed's watershed basin
         (:func:`~napari_sam_micro.core.touching.clip_merged_masks`), so touching nuclei are not merged.
         Off by default (the masks are then exactly the decoder's).
+    foreground : (float, str), optional
+        The whole plane's foreground threshold and polarity when ``image`` is a tile of it
+        (:func:`~napari_sam_micro.core.seeds.foreground_threshold`); default: ``image``'s own.
     """
     hw = ctx.hw
     seeds = np.asarray(seeds_rc, dtype=np.float64).reshape(-1, 2)
@@ -220,15 +224,15 @@ def seeded_segmentation_job(
     masks, pious, stabs = split((yield from decode_seeds_job(ctx, seeds, counted, choose, "Seed", check)))
     yield Progress(len(seeds), len(seeds), "Resolving overlaps")
     if split_touching and len(seeds):
-        masks = clip_merged_masks(masks, seeds, seed_basins(foreground_mask(image)[0], seeds))
+        masks = clip_merged_masks(masks, seeds, seed_basins(foreground_mask(image, threshold=foreground)[0], seeds))
     labels_img, table = resolve_seeded_masks(
         masks, pious, stabs, hw, nms_thresh=nms_thresh, fill_holes=fill_holes, keep_largest=keep_largest, min_area=min_area
     )
     extra = np.zeros((0, 2), np.float64)
     if refill and table["area"]:
-        foreground, _ = foreground_mask(image)
+        covered, _ = foreground_mask(image, threshold=foreground)
         area = max(min_area, int(REFILL_AREA_FRACTION * float(np.median(table["area"]))))
-        extra = uncovered_seeds(foreground, labels_img, min_area=area)
+        extra = uncovered_seeds(covered, labels_img, min_area=area)
         if len(extra):
             masks, pious, stabs = split((yield from decode_seeds_job(ctx, extra, counted, choose, "Uncovered region", check)))
             labels_img, table = add_uncovered_masks(labels_img, table, masks, pious, stabs, min_area=min_area, fill_holes=fill_holes)

@@ -35,6 +35,7 @@ __all__ = [
     "gray_image",
     "otsu_threshold",
     "foreground_mask",
+    "foreground_threshold",
     "find_seeds",
     "distance_to_background",
     "uncovered_seeds",
@@ -90,7 +91,41 @@ def gray_image(image: np.ndarray) -> np.ndarray:
     return np.nan_to_num(img, nan=0.0) if np.isnan(img).any() else img
 
 
-def foreground_mask(image: np.ndarray, polarity: str = "auto", sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def foreground_threshold(image: np.ndarray, polarity: str = "auto", sigma: float = 1.0) -> tuple[float, str]:
+    """Otsu's threshold and the objects' polarity of a normalised image, to share between its tiles.
+
+    A tile thresholded on its own pixels gets its own Otsu threshold, so tiles disagree with each
+    other and with the untiled plane about which dim objects exist (on a mosaic of four DSB fields
+    the dimmest field's tile kept 3 of the whole plane's 7 seeds there; a tile of mostly dim field
+    can also find more). The tiled everything mode measures this once on a subsample of the whole
+    plane and passes it to every tile (:func:`foreground_mask`'s ``threshold``).
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) float
+        Normalised image (or a strided subsample of it).
+    polarity, sigma
+        As :func:`foreground_mask`.
+
+    Returns
+    -------
+    threshold : float
+        On the smoothed grey image (not inverted).
+    polarity : {"bright", "dark"}
+    """
+    if polarity not in ("auto", "bright", "dark"):
+        raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
+    gray = gray_image(image)
+    signal = ndi.gaussian_filter(gray, sigma) if sigma > 0 else np.asarray(gray, dtype=np.float32)
+    t = otsu_threshold(signal)
+    if polarity == "auto":
+        polarity = "dark" if np.count_nonzero(signal > t) > signal.size / 2 else "bright"
+    return float(t), polarity
+
+
+def foreground_mask(
+    image: np.ndarray, polarity: str = "auto", sigma: float = 1.0, threshold: tuple[float, str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Object pixels by Otsu's threshold, with the objects' polarity.
 
     Parameters
@@ -101,6 +136,9 @@ def foreground_mask(image: np.ndarray, polarity: str = "auto", sigma: float = 1.
         Objects brighter or darker than the background; ``"auto"``: the smaller Otsu class.
     sigma : float
         Gaussian smoothing (pixels) before thresholding.
+    threshold : (float, str), optional
+        ``(threshold, polarity)`` measured on the whole plane (:func:`foreground_threshold`), for a
+        tile of it; replaces ``polarity`` and this image's own Otsu threshold.
 
     Returns
     -------
@@ -114,11 +152,17 @@ def foreground_mask(image: np.ndarray, polarity: str = "auto", sigma: float = 1.
     gray = gray_image(image)
     signal = ndi.gaussian_filter(gray, sigma) if sigma > 0 else np.array(gray, dtype=np.float32)
     del gray
-    t = otsu_threshold(signal)
-    if polarity == "dark" or (polarity == "auto" and np.count_nonzero(signal > t) > signal.size / 2):
-        np.subtract(signal.max(), signal, out=signal)  # our own array: inverted in place
+    if threshold is not None:
+        t, polarity = float(threshold[0]), str(threshold[1])
+        mask = signal < t if polarity == "dark" else signal > t
+        if polarity == "dark":
+            np.subtract(signal.max(), signal, out=signal)
+    else:
         t = otsu_threshold(signal)
-    mask = signal > t
+        if polarity == "dark" or (polarity == "auto" and np.count_nonzero(signal > t) > signal.size / 2):
+            np.subtract(signal.max(), signal, out=signal)  # our own array: inverted in place
+            t = otsu_threshold(signal)
+        mask = signal > t
     mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
     return mask, signal.astype(np.float32, copy=False)
 
@@ -133,6 +177,7 @@ def find_seeds(
     intensity_weight: float = 2.0,
     max_seeds: int | None = None,
     h: float = 0.0,
+    threshold: tuple[float, str] | None = None,
 ) -> np.ndarray:
     """Candidate object centres (see the module docstring for the algorithm).
 
@@ -161,12 +206,15 @@ def find_seeds(
         shallow bumps of one irregular nucleus give no second seed
         (:data:`~napari_sam_micro.core.touching.TOUCHING_H`). 0 (default): the maximum filter.
 
+    threshold : (float, str), optional
+        The whole plane's foreground threshold and polarity, for a tile of it (:func:`foreground_threshold`).
+
     Returns
     -------
     (N, 2) float64
         Seed ``(row, col)`` in pixels, highest score first.
     """
-    mask, signal = foreground_mask(image, polarity=polarity, sigma=1.0)
+    mask, signal = foreground_mask(image, polarity=polarity, sigma=1.0, threshold=threshold)
     if not mask.any():
         return np.zeros((0, 2), dtype=np.float64)
     dist = distance_to_background(mask)
