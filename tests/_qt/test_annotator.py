@@ -132,6 +132,31 @@ def test_embedding_worker_finishes_and_is_reused_from_cache(qtbot, viewer):
     assert widget.session.embedding is emb
 
 
+def test_disk_cache_setting_turns_the_disk_tier_on_and_is_remembered(qtbot, viewer, monkeypatch, tmp_path):
+    """The Annotator's *Disk cache (MB)*: off by default; a budget puts embeddings on disk, and a new
+    widget (napari restarted) starts with it."""
+    from napari.components import ViewerModel
+
+    from napari_sam_micro._napari import state as state_mod
+
+    monkeypatch.delenv(state_mod.DISK_CACHE_ENV, raising=False)
+    monkeypatch.setenv(state_mod.DISK_DIR_ENV, str(tmp_path / "emb"))
+    viewer.add_image(_image(), name="cells")
+    widget = _widget(qtbot, viewer)
+    assert widget.disk_cache_spin.value() == 0 and widget.state.cache.disk_dir is None
+    widget.disk_cache_spin.setValue(512)
+    assert widget.state.cache.disk_dir == tmp_path / "emb" and widget.state.cache.disk_max_bytes == 512 << 20
+    _ready(qtbot, widget)
+    assert list((tmp_path / "emb").glob("*.npz")), "the plane's embedding was not written to disk"
+
+    other = ViewerModel()  # a new session of napari: its own cache, the saved setting
+    again = _widget(qtbot, other)
+    assert again.disk_cache_spin.value() == 512 and again.state.cache.disk_dir == tmp_path / "emb"
+    again.disk_cache_spin.setValue(0)
+    assert again.state.cache.disk_dir is None and again.state.disk_budget_mb == 0
+    again.close()
+
+
 def test_click_preview_commit_undo_and_next_object(qtbot, viewer, notes, disk_test_model):
     viewer.add_image(_image(), name="cells")
     widget = _widget(qtbot, viewer, model="disk-test")

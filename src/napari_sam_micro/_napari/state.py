@@ -153,6 +153,26 @@ class ViewerState:
     models: ModelStore = field(default_factory=ModelStore)
     cache: EmbeddingCache = field(default_factory=_new_cache)
 
+    @property
+    def disk_budget_mb(self) -> int:
+        """Budget of the cache's disk tier in MB; 0 when there is none."""
+        if self.cache.disk_dir is None or not self.cache.disk_max_bytes:
+            return 0
+        return int(self.cache.disk_max_bytes) >> 20
+
+    def set_disk_budget(self, megabytes: float) -> None:
+        """Turn the disk tier on with ``megabytes`` (in :func:`disk_cache_dir`), or off with 0.
+
+        The Annotator's *Disk cache* setting; it overrides ``NAPARI_SAM_MICRO_DISK_CACHE_MB``.
+        Budgets below :data:`MIN_CACHE_MB` are raised to it.
+        """
+        mb = float(megabytes)
+        if not math.isfinite(mb) or mb <= 0:
+            self.cache.set_disk_tier(None, None)
+            return
+        mb = max(mb, float(MIN_CACHE_MB))
+        self.cache.set_disk_tier(disk_cache_dir(), int(mb * (1 << 20)))
+
     @classmethod
     def for_viewer(cls, viewer) -> ViewerState:
         """The state of ``viewer`` (a ``napari.Viewer`` or ``ViewerModel``), created on first use."""

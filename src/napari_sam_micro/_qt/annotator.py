@@ -23,7 +23,7 @@ import logging
 from napari.layers import Image
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt  # noqa: F401 - tests click through it
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from .._napari.layers import ImageGeometry
 from .._napari.state import ViewerState
@@ -121,6 +121,15 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         self.reset_button = QPushButton("Reset to defaults", self)
         self.reset_button.setToolTip("Put the model, device, channel and contrast settings back to their defaults.")
         self.objects = ObjectsTableWidget(self.viewer, parent=self)
+        self.disk_cache_spin = QSpinBox(self)
+        self.disk_cache_spin.setRange(0, 1_000_000)
+        self.disk_cache_spin.setSingleStep(256)
+        self.disk_cache_spin.setSpecialValueText("off")
+        self.disk_cache_spin.setValue(self.state.disk_budget_mb)  # NAPARI_SAM_MICRO_DISK_CACHE_MB, else off
+        self.disk_cache_spin.setToolTip(
+            "Keep embeddings on disk too (this size at most, oldest removed first): re-opening an image "
+            "with the same model and contrast settings then needs no encoding. Off by default."
+        )
         form = QFormLayout()
         form.addRow("Image:", self.image_combo)
         actions = QHBoxLayout()
@@ -132,13 +141,17 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         layout.addWidget(self.job_panel)
         for check in (self.negative_check, self.overwrite_check, self.preencode_check):
             layout.addWidget(check)
+        disk = QFormLayout()
+        disk.addRow("Disk cache (MB):", self.disk_cache_spin)
+        layout.addLayout(disk)
         layout.addLayout(actions)
         layout.addWidget(self.reset_button)
         layout.addWidget(self.objects, 1)
         self.propagate_panel = PropagatePanel(self)
         self.add_section(self.propagate_panel)
         self.setToolTip(_HELP)
-        controls = {**self.model_form.controls(), "preencode": self.preencode_check, "overwrite": self.overwrite_check}
+        controls = {**self.model_form.controls(), "preencode": self.preencode_check, "overwrite": self.overwrite_check,
+                    "disk_cache_mb": self.disk_cache_spin}
         self.settings = PersistedControls("annotator", controls, keep=("model",) if model else ())
 
     def add_section(self, widget: QWidget) -> None:
@@ -162,6 +175,9 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         self.clear_button.clicked.connect(self.clear_prompts)
         self.reset_button.clicked.connect(self._reset_settings)
         self.negative_check.toggled.connect(self._on_negative_toggled)
+        self.disk_cache_spin.valueChanged.connect(self.state.set_disk_budget)
+        if self.disk_cache_spin.value() != self.state.disk_budget_mb:  # restored from the settings file
+            self.state.set_disk_budget(self.disk_cache_spin.value())
         self._connect(self.viewer.dims.events.current_step, self._on_dims_changed)
         self._connect(self.viewer.dims.events.ndisplay, self._on_dims_changed)
         unbind = make_unbinder(self.viewer, self._bound_keys)

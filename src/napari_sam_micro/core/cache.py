@@ -232,6 +232,18 @@ class EmbeddingCache:
         self._nbytes = 0
         self._lock = threading.Lock()
 
+    def set_disk_tier(self, disk_dir=None, disk_max_bytes: int | None = None) -> None:
+        """Turn the disk tier on (``disk_dir``, budget ``disk_max_bytes``) or off (``disk_dir`` None).
+
+        What is in memory stays; files already in ``disk_dir`` are used again (their signatures
+        are checked with the folder's secret, as at construction).
+        """
+        with self._secret_lock:
+            self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+            self.disk_max_bytes = disk_max_bytes
+            self.secret_file = secret_path(self.disk_dir) if self.disk_dir is not None else None
+            self._secret = None
+
     # -- memory tier ---------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
