@@ -97,3 +97,26 @@ def test_open_image_layers_as_a_series(qtbot, tmp_path):
     assert widget.next() and widget._layer.name == "layer1"
     assert viewer.layers["layer1"].visible and not viewer.layers["layer0"].visible
     assert (read_labels(tmp_path / "out" / "layer0_labels.tif") == 3).sum() == 25
+
+
+def test_the_annotator_follows_the_series(qtbot, tmp_path):
+    """Next / previous in the series also switch the Annotator of the same viewer to that image."""
+    pytest.importorskip("segment_anything")
+    from napari_sam_micro._qt.annotator import AnnotatorWidget
+
+    viewer = ViewerModel()
+    for k in range(2):
+        viewer.add_image(np.full((30, 30), k, np.uint8), name=f"layer{k}")
+    annotator = AnnotatorWidget(viewer, model="tiny-test", auto_embed=False)
+    qtbot.addWidget(annotator)
+    series = SeriesWidget(viewer)
+    qtbot.addWidget(series)
+    series.output_edit.setText(str(tmp_path / "out"))
+    assert series.use_open_layers()
+    assert annotator.image_combo.current_layer() is viewer.layers["layer0"]
+    assert series.next()
+    assert annotator.image_combo.current_layer() is viewer.layers["layer1"]
+    assert series.previous()
+    assert annotator.image_combo.current_layer() is viewer.layers["layer0"]
+    annotator.close()  # disconnected: the series goes on without it
+    assert series.next()

@@ -138,6 +138,23 @@ def embedding_model_id(model_name: str, checkpoint=None) -> str:
     return f"{base}|{path}|{stamp}"
 
 
+class Listeners:
+    """Callbacks of a viewer-wide request (``connect`` / ``disconnect``, like a napari event emitter)."""
+
+    def __init__(self):
+        self._callbacks: list = []
+
+    def connect(self, callback) -> None:
+        self._callbacks.append(callback)
+
+    def disconnect(self, callback) -> None:
+        self._callbacks.remove(callback)  # ValueError when not connected, as Qt and napari raise
+
+    def __call__(self, *args) -> None:
+        for callback in list(self._callbacks):
+            callback(*args)
+
+
 @dataclass
 class ViewerState:
     """Models and embeddings of one viewer.
@@ -148,10 +165,14 @@ class ViewerState:
         Loaded models, memoised by ``(name, device, checkpoint)``.
     cache : EmbeddingCache
         Embeddings by content key (:func:`cache_settings`: memory, and disk when enabled).
+    image_chosen : Listeners
+        Called with an image layer another widget opened for annotation (the image series); the
+        Annotator switches to it.
     """
 
     models: ModelStore = field(default_factory=ModelStore)
     cache: EmbeddingCache = field(default_factory=_new_cache)
+    image_chosen: Listeners = field(default_factory=Listeners)
 
     @property
     def disk_budget_mb(self) -> int:

@@ -180,8 +180,14 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
             self.state.set_disk_budget(self.disk_cache_spin.value())
         self._connect(self.viewer.dims.events.current_step, self._on_dims_changed)
         self._connect(self.viewer.dims.events.ndisplay, self._on_dims_changed)
+        self._connect(self.state.image_chosen, self._on_image_chosen)
         unbind = make_unbinder(self.viewer, self._bound_keys)
         self.destroyed.connect(lambda: unbind())  # no argument: PyQt would wrap the half-destroyed object
+
+    def _on_image_chosen(self, layer) -> None:
+        """Another widget (the image series) opened ``layer``: annotate it."""
+        if layer in self.viewer.layers and layer is not self.image_combo.current_layer():
+            self.image_combo.set_layer(layer)
 
     def _reset_settings(self) -> None:
         self.settings.reset()

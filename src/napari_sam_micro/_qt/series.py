@@ -22,6 +22,7 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineE
 
 from .._napari.features import frame_to_table, table_to_frame
 from .._napari.layers import META_KEY, find_plugin_layer
+from .._napari.state import ViewerState
 from ..core.errors import UserInputError
 from ..core.export import read_labels, read_table, write_labels
 from ..core.series import SeriesState, list_images
@@ -207,6 +208,7 @@ class SeriesWidget(QWidget):
         else:
             self._open_layer(state.items[k])
         self._watch(self.labels_layer())
+        ViewerState.for_viewer(self.viewer).image_chosen(self._layer)  # the Annotator follows
         self.status.setText(f"Image {k + 1} of {len(state.items)}: {Path(state.items[k]).name}. Labels: {state.labels_path()}")
 
     def _open_file(self, path: Path) -> None:
