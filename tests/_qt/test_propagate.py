@@ -104,3 +104,15 @@ def test_the_plane_range_spans_the_stack_and_follows_it(qtbot, disk_test_model):
     panel.last_spin.setValue(4)  # a chosen end is kept when the range changes
     viewer.layers.remove("longer")
     assert panel.last_spin.value() == 4 and panel.last_spin.maximum() == 6
+
+
+def test_a_2d_image_offers_no_planes(qtbot, disk_test_model):
+    viewer = ViewerModel()
+    viewer.add_image(_stack()[0], name="plane")
+    widget = AnnotatorWidget(viewer, model="disk-test")
+    qtbot.addWidget(widget)
+    panel = widget.findChild(PropagatePanel)
+    assert panel.axis_combo.count() == 0 and (panel.first_spin.maximum(), panel.last_spin.value()) == (0, 0)
+    viewer.add_image(_stack(), name="stack")  # a stack arrives: its planes are offered
+    assert panel.last_spin.value() == 6
+    widget.close()

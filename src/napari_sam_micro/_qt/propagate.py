@@ -205,9 +205,7 @@ class PropagatePanel(QGroupBox):
     def _fit_range(self, *_args) -> None:
         """Planes 0 to the chosen axis's last plane (the spin boxes cannot go past it)."""
         axis = self.axis_combo.currentData()
-        if axis is None:
-            return
-        last = max(int(self.viewer.dims.nsteps[int(axis)]) - 1, 0)
+        last = 0 if axis is None else max(int(self.viewer.dims.nsteps[int(axis)]) - 1, 0)  # 2D: nothing to span
         follow = self.last_spin.value() >= self.last_spin.maximum()  # "to the end" stays the end
         for spin in (self.first_spin, self.last_spin):
             spin.setMaximum(last)
