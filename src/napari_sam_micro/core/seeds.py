@@ -91,6 +91,14 @@ def gray_image(image: np.ndarray) -> np.ndarray:
     return np.nan_to_num(img, nan=0.0) if np.isnan(img).any() else img
 
 
+def _smoothed_gray(image: np.ndarray, polarity: str, sigma: float) -> np.ndarray:
+    """The grey image smoothed by ``sigma`` (a new float array, free to modify), after checking ``polarity``."""
+    if polarity not in ("auto", "bright", "dark"):
+        raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
+    gray = gray_image(image)
+    return ndi.gaussian_filter(gray, sigma) if sigma > 0 else np.array(gray, dtype=np.float32)
+
+
 def foreground_threshold(image: np.ndarray, polarity: str = "auto", sigma: float = 1.0) -> tuple[float, str]:
     """Otsu's threshold and the objects' polarity of a normalised image, to share between its tiles.
 
@@ -113,10 +121,7 @@ def foreground_threshold(image: np.ndarray, polarity: str = "auto", sigma: float
         On the smoothed grey image (not inverted).
     polarity : {"bright", "dark"}
     """
-    if polarity not in ("auto", "bright", "dark"):
-        raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
-    gray = gray_image(image)
-    signal = ndi.gaussian_filter(gray, sigma) if sigma > 0 else np.asarray(gray, dtype=np.float32)
+    signal = _smoothed_gray(image, polarity, sigma)
     t = otsu_threshold(signal)
     if polarity == "auto":
         polarity = "dark" if np.count_nonzero(signal > t) > signal.size / 2 else "bright"
@@ -147,11 +152,7 @@ def foreground_mask(
     signal : (H, W) float32
         The smoothed grey image, inverted for dark objects (objects bright).
     """
-    if polarity not in ("auto", "bright", "dark"):
-        raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
-    gray = gray_image(image)
-    signal = ndi.gaussian_filter(gray, sigma) if sigma > 0 else np.array(gray, dtype=np.float32)
-    del gray
+    signal = _smoothed_gray(image, polarity, sigma)  # our own array: inverted in place below
     if threshold is not None:
         t, polarity = float(threshold[0]), str(threshold[1])
         mask = signal < t if polarity == "dark" else signal > t
@@ -160,7 +161,7 @@ def foreground_mask(
     else:
         t = otsu_threshold(signal)
         if polarity == "dark" or (polarity == "auto" and np.count_nonzero(signal > t) > signal.size / 2):
-            np.subtract(signal.max(), signal, out=signal)  # our own array: inverted in place
+            np.subtract(signal.max(), signal, out=signal)
             t = otsu_threshold(signal)
         mask = signal > t
     mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
