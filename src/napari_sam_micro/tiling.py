@@ -162,12 +162,15 @@ def tiled_everything_job(
         raise UserInputError(f"Expected a 2D image plane, got shape {tuple(plane.shape)}.")
     h, w = int(plane.shape[0]), int(plane.shape[1])
     yield Progress(0, 0, "Measuring the intensity range")
-    config = measure_value_ranges(plane, preprocess)
-    if mode == MODE_SEEDS and options.foreground is None:
-        # one foreground threshold for every tile: a tile's own Otsu threshold loses dim objects
-        # next to bright ones (core.seeds.foreground_threshold)
-        sample = normalize_image(np.asarray(sample_plane(plane)), config)
-        options = replace(options, foreground=foreground_threshold(sample))
+    config = preprocess or PreprocessConfig()
+    needs_threshold = mode == MODE_SEEDS and options.foreground is None
+    # the subsample of a lazy plane is read once, for both measurements
+    sample = sample_plane(plane) if config.value_ranges is None or needs_threshold else None
+    config = measure_value_ranges(plane, config, sample=sample)
+    if needs_threshold:
+        # one foreground threshold for every tile: with its own Otsu threshold a tile disagrees with
+        # the whole plane about dim objects (core.seeds.foreground_threshold)
+        options = replace(options, foreground=foreground_threshold(normalize_image(sample, config)))
     if canvas is None:
         canvas = np.zeros((h, w), np.uint32) if h * w <= 8192 * 8192 else zarr_canvas((h, w))
     stitcher = TileStitcher(canvas, min_score)

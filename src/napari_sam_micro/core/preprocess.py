@@ -144,7 +144,7 @@ def sample_plane(plane, max_samples: int | None = None) -> np.ndarray:
     return np.asarray(part)
 
 
-def measure_value_ranges(plane, config: PreprocessConfig | None = None) -> PreprocessConfig:
+def measure_value_ranges(plane, config: PreprocessConfig | None = None, sample: np.ndarray | None = None) -> PreprocessConfig:
     """``config`` with the ``value_ranges`` the whole plane would be normalised with.
 
     Measured on :func:`sample_plane` (the same pixels :func:`normalize_image` uses for a large
@@ -155,13 +155,15 @@ def measure_value_ranges(plane, config: PreprocessConfig | None = None) -> Prepr
     plane : (H, W) or (H, W, C) array-like
         numpy, dask or zarr; channels last (``config.channel_axis`` -1 or ``config.rgb``).
     config : PreprocessConfig, optional
+    sample : np.ndarray, optional
+        ``sample_plane(plane)`` when the caller has read it already (a lazy plane is read once).
     """
     import dataclasses
 
     config = config or PreprocessConfig()
     if config.value_ranges is not None:
         return config
-    normalizer = PlaneNormalizer(sample_plane(plane), config)
+    normalizer = PlaneNormalizer(sample_plane(plane) if sample is None else sample, config)
     return dataclasses.replace(config, value_ranges=normalizer.value_ranges)
 
 
