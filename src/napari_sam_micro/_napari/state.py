@@ -28,6 +28,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari.utils.events import EventEmitter
+
 from ..core.cache import EmbeddingCache
 from ..models.registry import ModelStore, get_spec
 
@@ -138,23 +140,6 @@ def embedding_model_id(model_name: str, checkpoint=None) -> str:
     return f"{base}|{path}|{stamp}"
 
 
-class Listeners:
-    """Callbacks of a viewer-wide request (``connect`` / ``disconnect``, like a napari event emitter)."""
-
-    def __init__(self):
-        self._callbacks: list = []
-
-    def connect(self, callback) -> None:
-        self._callbacks.append(callback)
-
-    def disconnect(self, callback) -> None:
-        self._callbacks.remove(callback)  # ValueError when not connected, as Qt and napari raise
-
-    def __call__(self, *args) -> None:
-        for callback in list(self._callbacks):
-            callback(*args)
-
-
 @dataclass
 class ViewerState:
     """Models and embeddings of one viewer.
@@ -165,14 +150,14 @@ class ViewerState:
         Loaded models, memoised by ``(name, device, checkpoint)``.
     cache : EmbeddingCache
         Embeddings by content key (:func:`cache_settings`: memory, and disk when enabled).
-    image_chosen : Listeners
-        Called with an image layer another widget opened for annotation (the image series); the
-        Annotator switches to it.
+    image_chosen : napari.utils.events.EventEmitter
+        Emitted with ``value=`` an image layer another widget opened for annotation (the image
+        series); the Annotator switches to it.
     """
 
     models: ModelStore = field(default_factory=ModelStore)
     cache: EmbeddingCache = field(default_factory=_new_cache)
-    image_chosen: Listeners = field(default_factory=Listeners)
+    image_chosen: EventEmitter = field(default_factory=lambda: EventEmitter(source=None, type_name="image_chosen"))
 
     @property
     def disk_budget_mb(self) -> int:

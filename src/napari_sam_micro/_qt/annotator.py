@@ -184,8 +184,9 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         unbind = make_unbinder(self.viewer, self._bound_keys)
         self.destroyed.connect(lambda: unbind())  # no argument: PyQt would wrap the half-destroyed object
 
-    def _on_image_chosen(self, layer) -> None:
-        """Another widget (the image series) opened ``layer``: annotate it."""
+    def _on_image_chosen(self, event) -> None:
+        """Another widget (the image series) opened the image layer ``event.value``: annotate it."""
+        layer = event.value
         if layer in self.viewer.layers and layer is not self.image_combo.current_layer():
             self.image_combo.set_layer(layer)
 

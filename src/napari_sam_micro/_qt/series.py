@@ -208,7 +208,7 @@ class SeriesWidget(QWidget):
         else:
             self._open_layer(state.items[k])
         self._watch(self.labels_layer())
-        ViewerState.for_viewer(self.viewer).image_chosen(self._layer)  # the Annotator follows
+        ViewerState.for_viewer(self.viewer).image_chosen(value=self._layer)  # the Annotator follows
         self.status.setText(f"Image {k + 1} of {len(state.items)}: {Path(state.items[k]).name}. Labels: {state.labels_path()}")
 
     def _open_file(self, path: Path) -> None:
