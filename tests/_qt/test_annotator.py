@@ -138,6 +138,7 @@ def test_disk_cache_setting_turns_the_disk_tier_on_and_is_remembered(qtbot, view
     from napari.components import ViewerModel
 
     from napari_sam_micro._napari import state as state_mod
+    from napari_sam_micro._napari.state import MIN_CACHE_MB
 
     monkeypatch.delenv(state_mod.DISK_CACHE_ENV, raising=False)
     monkeypatch.setenv(state_mod.DISK_DIR_ENV, str(tmp_path / "emb"))
@@ -152,6 +153,8 @@ def test_disk_cache_setting_turns_the_disk_tier_on_and_is_remembered(qtbot, view
     other = ViewerModel()  # a new session of napari: its own cache, the saved setting
     again = _widget(qtbot, other)
     assert again.disk_cache_spin.value() == 512 and again.state.cache.disk_dir == tmp_path / "emb"
+    again.disk_cache_spin.setValue(10)  # below the minimum: raised, and the box says so
+    assert again.disk_cache_spin.value() == MIN_CACHE_MB and again.state.disk_budget_mb == MIN_CACHE_MB
     again.disk_cache_spin.setValue(0)
     assert again.state.cache.disk_dir is None and again.state.disk_budget_mb == 0
     again.close()

@@ -175,14 +175,19 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         self.clear_button.clicked.connect(self.clear_prompts)
         self.reset_button.clicked.connect(self._reset_settings)
         self.negative_check.toggled.connect(self._on_negative_toggled)
-        self.disk_cache_spin.valueChanged.connect(self.state.set_disk_budget)
+        self.disk_cache_spin.valueChanged.connect(self._on_disk_cache_changed)
         if self.disk_cache_spin.value() != self.state.disk_budget_mb:  # restored from the settings file
-            self.state.set_disk_budget(self.disk_cache_spin.value())
+            self._on_disk_cache_changed(self.disk_cache_spin.value())
         self._connect(self.viewer.dims.events.current_step, self._on_dims_changed)
         self._connect(self.viewer.dims.events.ndisplay, self._on_dims_changed)
         self._connect(self.state.image_chosen, self._on_image_chosen)
         unbind = make_unbinder(self.viewer, self._bound_keys)
         self.destroyed.connect(lambda: unbind())  # no argument: PyQt would wrap the half-destroyed object
+
+    def _on_disk_cache_changed(self, megabytes: int) -> None:
+        self.state.set_disk_budget(megabytes)
+        if megabytes and self.state.disk_budget_mb != megabytes:  # below the minimum: show what is used
+            self.disk_cache_spin.setValue(self.state.disk_budget_mb)
 
     def _on_image_chosen(self, event) -> None:
         """Another widget (the image series) opened the image layer ``event.value``: annotate it."""
