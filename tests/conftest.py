@@ -15,6 +15,11 @@ from napari_sam_micro.core.model_api import DecoderOutput, Embedding
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+# Quality bars were set on fp32 encoders: ``Device: auto`` must not switch the suite to OpenVINO
+# bfloat16 on CI machines whose CPU has it (subprocesses inherit this). The OpenVINO path has its
+# own tests (tests/models/test_openvino_encoder.py), which ask for it explicitly.
+os.environ.setdefault("NAPARI_SAM_MICRO_OPENVINO", "0")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_onnx_folder(tmp_path_factory):

@@ -158,7 +158,7 @@ class Predictor:
 
     @property
     def runtime(self) -> str:
-        """What runs the image encoder: ``"torch"`` or ``"onnxruntime"``."""
+        """What runs the image encoder: ``"torch"``, ``"onnxruntime"`` or ``"openvino"``."""
         return str(getattr(self.model, "runtime", "torch"))
 
     @property
@@ -326,8 +326,9 @@ def load_predictor(model: str | None = DEFAULT_MODEL, device: str | None = "auto
         ``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     checkpoint : path, optional
         A local weights file for that model (e.g. ``sam_vit_b_01ec64.pth`` or your fine-tune).
-    runtime : {"auto", "torch", "onnxruntime"}, optional
-        What runs the image encoder (ONNX Runtime on the CPU for the 256-px models by default).
+    runtime : {"auto", "torch", "onnxruntime", "openvino"}, optional
+        What runs the image encoder (on the CPU the 256-px models default to OpenVINO bfloat16
+        where the CPU has it and OpenVINO is installed, else ONNX Runtime).
     progress : bool
         Progress bars (download, export, encoding); False for none.
 

@@ -188,12 +188,23 @@ class _Stub:
 
 def test_auto_on_cpu_chooses_onnxruntime(monkeypatch):
     monkeypatch.delenv(registry.RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(registry, "_openvino_preferred", lambda: False)  # a CPU without bfloat16
     assert choose_runtime(_Stub(True), "cpu") == "onnxruntime"
     assert choose_runtime(_Stub(True), "cpu", "auto") == "onnxruntime"
     assert choose_runtime(_Stub(True), "cuda") == "torch"
     assert choose_runtime(_Stub(True), "mps") == "torch"
     assert choose_runtime(_Stub(False), "cpu") == "torch"  # SAM vit_*, tiny-test
     assert choose_runtime(_Stub(False), "cpu", "onnxruntime") == "torch"
+
+
+def test_auto_on_a_bf16_cpu_chooses_openvino(monkeypatch):
+    monkeypatch.delenv(registry.RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(registry, "_openvino_preferred", lambda: True)
+    assert choose_runtime(_Stub(True), "cpu") == "openvino"
+    assert choose_runtime(_Stub(True), "cpu", "onnxruntime") == "onnxruntime"  # asked for: kept
+    assert choose_runtime(_Stub(True), "cuda") == "torch"
+    assert choose_runtime(_Stub(False), "cpu") == "torch"
+    assert choose_runtime(_Stub(False), "cpu", "openvino") == "torch"
 
 
 def test_env_forces_torch(monkeypatch):
@@ -207,6 +218,7 @@ def test_env_forces_torch(monkeypatch):
 
 def test_missing_onnxruntime_means_torch(monkeypatch):
     monkeypatch.delenv(registry.RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(registry, "_openvino_preferred", lambda: False)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     assert choose_runtime(_Stub(True), "cpu") == "torch"
 
@@ -230,8 +242,9 @@ def random_spec(random_net):
 
 def test_load_model_uses_onnxruntime_on_cpu(random_spec, ort_adapter, onnx_folder, monkeypatch):
     monkeypatch.delenv(registry.RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(registry, "_openvino_preferred", lambda: False)
     model = load_model(random_spec.name, device="cpu")  # reuses the module's export (same weights, same id)
-    assert model.runtime == "onnxruntime" and model._ort is not None
+    assert model.runtime == "onnxruntime" and model._runner is not None
     assert load_model(random_spec.name, device="cpu", runtime="torch").runtime == "torch"
     monkeypatch.setenv(registry.RUNTIME_ENV, "torch")
     assert load_model(random_spec.name, device="cpu").runtime == "torch"
@@ -244,8 +257,9 @@ def test_failed_export_falls_back_to_torch(random_spec, tmp_path, monkeypatch, c
         raise onnx_encoder.OnnxEncoderError("exporter exploded")
 
     monkeypatch.setattr(onnx_encoder, "export_encoder", broken)
+    monkeypatch.setattr(registry, "_openvino_preferred", lambda: True)  # OpenVINO reads the export too
     with caplog.at_level(logging.WARNING, logger=registry.__name__):
         model = load_model(random_spec.name, device="cpu", runtime="auto")
-    assert model.runtime == "torch" and model._ort is None
+    assert model.runtime == "torch" and model._runner is None
     assert "exporter exploded" in caplog.text
     assert model.encode(_images()[0]).features.shape == (1, 256, 64, 64)

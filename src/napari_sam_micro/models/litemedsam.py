@@ -80,7 +80,7 @@ class LiteMedSamAdapter(SamFamilyAdapter):
         Torch device.
     autocast_dtype : torch.dtype, optional
         Autocast dtype for the image encoder on GPU.
-    runtime : {"torch", "onnxruntime"}
+    runtime : {"torch", "onnxruntime", "openvino"}
         What runs the image encoder; see :meth:`set_runtime`. The decoder always runs in torch.
     encoder_id : str, optional
         Identity of the image encoder (``ModelSpec.embedding_id``) naming its ONNX export; default ``name``.
@@ -98,42 +98,49 @@ class LiteMedSamAdapter(SamFamilyAdapter):
     def __init__(self, net, name: str = "litemedsam", device: str = "cpu", autocast_dtype=None,
                  runtime: str = "torch", encoder_id: str | None = None):
         super().__init__(net, name, LITEMEDSAM_IMAGE_SIZE, device, autocast_dtype)
-        self._ort = None
+        self._runner = None  # the ONNX Runtime / OpenVINO encoder, None in torch
         self.set_runtime(runtime, encoder_id)
 
     def set_runtime(self, runtime: str, encoder_id: str | None = None) -> None:
-        """Run the image encoder in ``"torch"`` or ``"onnxruntime"`` (CPU only, float32).
+        """Run the image encoder in ``"torch"``, ``"onnxruntime"`` (fp32) or ``"openvino"`` (CPU only).
 
-        ONNX Runtime exports the current encoder weights once into
-        :func:`~napari_sam_micro.models.onnx_encoder.onnx_dir` (reused later) and checks that its
-        features equal torch's. Preprocessing is the same for both runtimes.
+        ONNX Runtime and OpenVINO run the same ONNX export of the current encoder weights, made
+        once into :func:`~napari_sam_micro.models.onnx_encoder.onnx_dir` (reused later) and
+        checked against torch. OpenVINO computes in bfloat16 on CPUs with native bfloat16
+        (:mod:`~napari_sam_micro.models.openvino_encoder`). Preprocessing is the same for all.
 
         Raises
         ------
         ValueError
-            Unknown runtime, or ONNX Runtime asked for on a GPU device.
+            Unknown runtime, or ONNX Runtime / OpenVINO asked for on a GPU device.
         napari_sam_micro.models.onnx_encoder.OnnxEncoderError
             Export or loading failed; the adapter then stays on its previous runtime.
         """
         self.encode_batch_size = self.ENCODE_BATCH_SIZE
         if runtime == "torch":
-            self._ort, self.runtime = None, "torch"
+            self._runner, self.runtime = None, "torch"
             return
-        if runtime != "onnxruntime":
-            raise ValueError(f"unknown runtime {runtime!r} (expected 'torch' or 'onnxruntime')")
+        if runtime not in ("onnxruntime", "openvino"):
+            raise ValueError(f"unknown runtime {runtime!r} (expected 'torch', 'onnxruntime' or 'openvino')")
         if self.device != "cpu":
-            raise ValueError(f"ONNX Runtime runs the encoder on the CPU only, not on {self.device!r}")
-        from .onnx_encoder import load_ort_encoder
+            raise ValueError(f"{runtime} runs the encoder on the CPU only, not on {self.device!r}")
+        from .onnx_encoder import ensure_onnx_encoder, load_ort_encoder
 
-        self._ort = load_ort_encoder(self.net.image_encoder, encoder_id or self.name, (1, 3, self.image_size, self.image_size))
-        self.runtime = "onnxruntime"
+        shape = (1, 3, self.image_size, self.image_size)
+        if runtime == "onnxruntime":
+            runner = load_ort_encoder(self.net.image_encoder, encoder_id or self.name, shape)
+        else:
+            from .openvino_encoder import OvImageEncoder
+
+            runner = OvImageEncoder(ensure_onnx_encoder(self.net.image_encoder, encoder_id or self.name, shape))
+        self._runner, self.runtime = runner, runtime
 
     def _encode_tensors(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         prepared = [preprocess_litemedsam(image, self.image_size, self.device) for image in images]
         batch = torch.cat([tensor for tensor, _ in prepared])
         sizes = [size for _, size in prepared]
-        if self._ort is not None:
-            return torch.from_numpy(self._ort(batch.numpy())), sizes
+        if self._runner is not None:
+            return torch.from_numpy(self._runner(batch.numpy())), sizes
         return self.net.image_encoder(batch), sizes
 
     def _encode_tensor(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -191,7 +198,7 @@ def build_litemedsam(
         Registry name given to the adapter.
     autocast_dtype : torch.dtype, optional
         Autocast dtype for the image encoder on GPU.
-    runtime : {"torch", "onnxruntime"}
+    runtime : {"torch", "onnxruntime", "openvino"}
         What runs the image encoder (:meth:`LiteMedSamAdapter.set_runtime`).
 
     Raises

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..core.errors import ModelUnavailableError
 from ..core.model_api import DecoderOutput, Embedding
+from .cpu_threads import blas_single_thread
 
 __all__ = [
     "OnnxSamAdapter",
@@ -189,8 +190,8 @@ class OnnxSamAdapter:
     """
 
     mask_threshold: float = 0.0
-    #: The adapter is already ONNX Runtime throughout (the registry does not switch its runtime).
-    supports_onnxruntime = False
+    #: The image encoder's runtime can be chosen (:meth:`set_runtime`: ONNX Runtime or OpenVINO).
+    supports_onnxruntime = True
     #: Windows per encoder call in :meth:`encode_batch` (the torch adapter's measured choice).
     ENCODE_BATCH_SIZE = 4
 
@@ -202,11 +203,39 @@ class OnnxSamAdapter:
         except OnnxEncoderError as err:
             raise ModelUnavailableError(str(err)) from err
         self._decoder = OrtPromptDecoder(decoder_path, threads)
+        self.encoder_path = Path(encoder_path)
+        self.threads = threads
         self.name = name
         self.image_size = int(image_size)
         self.device = "cpu"
         self.runtime = "onnxruntime"
         self.encode_batch_size = self.ENCODE_BATCH_SIZE
+
+    def set_runtime(self, runtime: str, encoder_id: str | None = None) -> None:
+        """Run the image encoder graph in ``"onnxruntime"`` (fp32) or ``"openvino"``; the decoder stays in ONNX Runtime.
+
+        ``encoder_id`` is accepted for the registry's call and unused (the graph is the shipped one).
+
+        Raises
+        ------
+        ValueError
+            Another runtime (this adapter has no torch).
+        napari_sam_micro.models.onnx_encoder.OnnxEncoderError
+            OpenVINO missing or unable to compile the graph; the adapter keeps its encoder.
+        """
+        if runtime == self.runtime:
+            return
+        from .onnx_encoder import OrtImageEncoder
+
+        if runtime == "onnxruntime":
+            self._encoder = OrtImageEncoder(self.encoder_path, self.threads)
+        elif runtime == "openvino":
+            from .openvino_encoder import OvImageEncoder
+
+            self._encoder = OvImageEncoder(self.encoder_path, self.threads)
+        else:
+            raise ValueError(f"{self.name} in ONNX runs its encoder in 'onnxruntime' or 'openvino', not {runtime!r}")
+        self.runtime = runtime
 
     # -- encoder -------------------------------------------------------------------------
     def encode(self, image: np.ndarray) -> Embedding:
@@ -215,6 +244,10 @@ class OnnxSamAdapter:
 
     def encode_batch(self, images) -> list[Embedding]:
         """Encode several images, :attr:`encode_batch_size` per encoder call; one ``Embedding`` each, in order."""
+        with blas_single_thread():
+            return self._encode_batch(images)
+
+    def _encode_batch(self, images) -> list[Embedding]:
         images = [np.asarray(image) for image in images]
         out: list[Embedding] = []
         step = max(1, int(self.encode_batch_size))
@@ -279,12 +312,17 @@ class OnnxSamAdapter:
     ) -> DecoderOutput:
         """Batched prompt decoding; see ``PromptableModel.decode`` for shapes and coordinates."""
         coords, labels = self.prompt_tokens(embedding.original_size, point_coords, point_labels, boxes)
-        low, iou = self._decoder(embedding.features, coords, labels, mask_input)
+        with blas_single_thread():
+            low, iou = self._decoder(embedding.features, coords, labels, mask_input)
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return DecoderOutput(np.ascontiguousarray(low[:, sl], np.float32), np.ascontiguousarray(iou[:, sl], np.float32))
 
     def upscale(self, embedding: Embedding, low_res_logits: np.ndarray) -> np.ndarray:
         """``(B, M, 256, 256)`` logits to ``(B, M, H, W)`` at ``embedding.original_size`` (SAM's ``postprocess_masks``)."""
+        with blas_single_thread():
+            return self._upscale(embedding, low_res_logits)
+
+    def _upscale(self, embedding: Embedding, low_res_logits: np.ndarray) -> np.ndarray:
         low = np.asarray(low_res_logits, np.float32)
         side = self.image_size
         if low.shape[-1] != side or low.shape[-2] != side:  # to the padded input (identity at 256)

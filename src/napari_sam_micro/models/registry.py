@@ -59,9 +59,13 @@ logger = logging.getLogger(__name__)
 #: Environment variable choosing the image-encoder runtime (one of :data:`RUNTIMES`) when
 #: :func:`load_model` is not told.
 RUNTIME_ENV = "NAPARI_SAM_MICRO_RUNTIME"
-#: ``"auto"``: ONNX Runtime for LiteMedSAM-family models on the CPU when it is installed, else torch;
-#: a model with an ONNX build (micro-tiny) runs in ONNX Runtime alone when torch is not installed.
-RUNTIMES = ("auto", "torch", "onnxruntime")
+#: ``"auto"``: for LiteMedSAM-family models on the CPU, OpenVINO when it is installed and the CPU
+#: has native bfloat16 (:func:`~napari_sam_micro.models.openvino_encoder.openvino_preferred`), else
+#: ONNX Runtime when it is installed, else torch; a model with an ONNX build (micro-tiny) runs
+#: without torch (ONNX Runtime decoder) when torch is not installed.
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+#: Runtimes of the image encoder other than torch (CPU only; both run the encoder's ONNX graph).
+CPU_RUNTIMES = ("onnxruntime", "openvino")
 
 #: :attr:`ModelSpec.encoder_id` of models whose image encoder is LiteMedSAM's, unchanged.
 LITEMEDSAM_ENCODER_ID = "litemedsam-encoder"
@@ -229,6 +233,12 @@ def _onnxruntime_installed() -> bool:
     return True
 
 
+def _openvino_preferred() -> bool:
+    from .openvino_encoder import openvino_preferred
+
+    return openvino_preferred()
+
+
 def _torch_installed() -> bool:
     import importlib.util
 
@@ -242,13 +252,13 @@ def uses_onnx_model(spec: ModelSpec, device: str, runtime: str | None = None, ch
     """Whether :func:`load_model_job` builds ``spec``'s torch-free ONNX model (``spec.onnx_builder``).
 
     On the CPU, with the shipped weights (no user checkpoint), when the runtime asked for is
-    ``"onnxruntime"``, or ``"auto"`` and torch is not installed. Else the torch adapter is built
-    (its image encoder may still run in ONNX Runtime, :func:`choose_runtime`).
+    ``"onnxruntime"`` or ``"openvino"``, or ``"auto"`` and torch is not installed. Else the torch
+    adapter is built (its image encoder may still run in ONNX Runtime or OpenVINO, :func:`choose_runtime`).
     """
     if spec.onnx_builder is None or checkpoint not in (None, "") or str(device) != "cpu":
         return False
     wanted = resolve_runtime(runtime)
-    return wanted == "onnxruntime" or (wanted == "auto" and not _torch_installed())
+    return wanted in CPU_RUNTIMES or (wanted == "auto" and not _torch_installed())
 
 
 def _onnx_model_job(spec: ModelSpec) -> Generator[Progress, None, PromptableModel | None]:
@@ -264,31 +274,46 @@ def _onnx_model_job(spec: ModelSpec) -> Generator[Progress, None, PromptableMode
 
 
 def choose_runtime(model, device: str, runtime: str | None = None) -> str:
-    """What runs ``model``'s image encoder: ``"torch"`` or ``"onnxruntime"``.
+    """What runs ``model``'s image encoder: ``"torch"``, ``"onnxruntime"`` or ``"openvino"``.
 
-    ONNX Runtime only for models that support it (LiteMedSAM family: ``supports_onnxruntime``) on
-    the CPU; CUDA / MPS and SAM ``vit_*`` stay on torch. ``"auto"`` also needs the package
-    ``onnxruntime``; a forced ``"onnxruntime"`` is tried anyway (a failure falls back to torch).
+    ONNX Runtime / OpenVINO only for models that support them (LiteMedSAM family:
+    ``supports_onnxruntime``) on the CPU; CUDA / MPS and SAM ``vit_*`` stay on torch. ``"auto"``
+    takes OpenVINO where :func:`_openvino_preferred` (installed, CPU with native bfloat16: measured
+    1.9 x faster than ONNX Runtime fp32 there), else ONNX Runtime when installed, else torch. A
+    forced runtime is tried anyway (a failure falls back, :func:`_apply_runtime_job`).
     """
     wanted = resolve_runtime(runtime)
     if wanted == "torch" or not getattr(model, "supports_onnxruntime", False) or str(device) != "cpu":
-        if wanted == "onnxruntime":
-            logger.info("ONNX Runtime does not apply to %s on %s; using torch", getattr(model, "name", model), device)
+        if wanted in CPU_RUNTIMES:
+            logger.info("%s does not apply to %s on %s; using torch", wanted, getattr(model, "name", model), device)
         return "torch"
-    if wanted == "auto" and not _onnxruntime_installed():
-        return "torch"
-    return "onnxruntime"
+    if wanted != "auto":
+        return wanted
+    if _openvino_preferred():
+        return "openvino"
+    return "onnxruntime" if _onnxruntime_installed() else "torch"
+
+
+_RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
 
 
 def _apply_runtime_job(model, spec: ModelSpec, device: str, runtime: str | None) -> Generator[Progress, None, None]:
-    """Switch ``model`` to the chosen runtime; an export failure is logged and torch is kept."""
-    if choose_runtime(model, device, runtime) != "onnxruntime":
-        return
-    yield Progress(0, 1, f"Preparing {spec.display_name} for ONNX Runtime (a one-off export on first use)")
-    try:
-        model.set_runtime("onnxruntime", encoder_id=spec.embedding_id)
-    except Exception as err:  # never lose the model over the faster path
-        logger.warning("ONNX Runtime is not used for %s (%s); the image encoder runs in torch", spec.name, err)
+    """Switch ``model`` to the chosen runtime; a failure is logged and the next one down is kept.
+
+    OpenVINO falls back to ONNX Runtime, ONNX Runtime to what the model had (torch, or the ONNX
+    model's ONNX Runtime encoder).
+    """
+    chosen = choose_runtime(model, device, runtime)
+    tries = {"openvino": ("openvino", "onnxruntime"), "onnxruntime": ("onnxruntime",)}.get(chosen, ())
+    for candidate in tries:
+        if getattr(model, "runtime", None) == candidate:
+            return
+        yield Progress(0, 1, f"Preparing {spec.display_name} for {_RUNTIME_NAMES[candidate]} (a one-off export on first use)")
+        try:
+            model.set_runtime(candidate, encoder_id=spec.embedding_id)
+            return
+        except Exception as err:  # never lose the model over a faster path
+            logger.warning("%s is not used for %s (%s)", _RUNTIME_NAMES[candidate], spec.name, err)
 
 
 def load_model_job(
@@ -307,10 +332,11 @@ def load_model_job(
         Torch device; default: the best available (:func:`~napari_sam_micro.models.device.choose_device`).
     checkpoint : path, optional
         Local checkpoint file chosen by the user; overrides the spec's download / bundled weights.
-    runtime : {"auto", "torch", "onnxruntime"}, optional
+    runtime : {"auto", "torch", "onnxruntime", "openvino"}, optional
         What runs the image encoder (:func:`choose_runtime`); default ``$NAPARI_SAM_MICRO_RUNTIME``,
-        else ``"auto"``. For a model with an ONNX build (micro-tiny), ``"onnxruntime"`` on the CPU,
-        or ``"auto"`` without torch, runs the whole model in ONNX Runtime (:func:`uses_onnx_model`).
+        else ``"auto"``. For a model with an ONNX build (micro-tiny), ``"onnxruntime"`` or
+        ``"openvino"`` on the CPU, or ``"auto"`` without torch, runs the model without torch
+        (:func:`uses_onnx_model`).
         The model's ``runtime`` attribute says what it got.
 
     Yields
@@ -342,7 +368,8 @@ def load_model_job(
     if uses_onnx_model(spec, device, runtime, checkpoint):
         model = yield from _onnx_model_job(spec)
         if model is not None:
-            yield Progress(1, 1, f"Loaded {spec.display_name} (ONNX Runtime)")
+            yield from _apply_runtime_job(model, spec, device, runtime)
+            yield Progress(1, 1, f"Loaded {spec.display_name} ({_RUNTIME_NAMES[model.runtime]})")
             return model
     path = yield from ensure_checkpoint_job(spec, checkpoint)
     yield Progress(0, 1, f"Loading {spec.display_name} on {device}")
