@@ -63,6 +63,8 @@ class PlaneEmbeddings:
         self._normalized: tuple[int, PlaneNormalizer] | None = None
         self._scale: tuple[int, tuple[float, float | None]] | None = None  # (generation, object_scale())
         self._windows: dict[str, dict[Window, None]] = {}  # plane key -> windows encoded for it
+        self._object_windows: tuple[int, list] | None = None  # (generation, pre-encoding plan)
+        self._plan_lock = threading.Lock()
 
     # -- state -------------------------------------------------------------------------------
     def bump(self) -> None:
@@ -214,6 +216,17 @@ class PlaneEmbeddings:
         return self._embed(self.key(window), window, generation, self.model)
 
     # -- object scale -------------------------------------------------------------------------
+    def object_windows(self, generation: int, plan):
+        """The plane's pre-encoding plan, made once per generation by ``plan()`` (thread-safe; a stale plan is not kept)."""
+        cached = self._object_windows
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        planned = plan()
+        with self._plan_lock:
+            if generation == self.generation:
+                self._object_windows = (generation, planned)
+        return planned
+
     def object_scale(self, generation: int | None = None) -> tuple[float, float | None]:
         """``(polarity, typical diameter or None)`` of the plane's objects (once per generation).
 

@@ -39,7 +39,6 @@ cannot match the new image).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,6 +58,7 @@ from .core.decoding import (
     ObjectPreview,
     decode_prompts,
     object_window,
+    refinable_previous,
 )
 from .core.errors import ImageError, PromptError
 from .core.memory import PEAK_BYTES_PER_PIXEL, check_memory
@@ -180,8 +180,6 @@ class AnnotationSession:
         self._planes.measure_scale = self._clicks_in_windows
         self._embedding: Embedding | None = None
         self._preview: Prediction | None = None
-        self._object_windows: tuple[int, list] | None = None  # (generation, pre-encoding plan)
-        self._plan_lock = threading.Lock()
 
     @staticmethod
     def options_for(spec) -> dict:
@@ -365,26 +363,13 @@ class AnnotationSession:
         return self._planes.embeddings_job(windows)
 
     def preencode_job(self, centre_rc: Sequence[float] | None = None, max_windows: int = 200) -> Job[int]:
-        """Encode the windows around the plane's detected objects, nearest ``centre_rc`` first.
+        """Encode the windows around the plane's detected objects, nearest ``centre_rc`` (row, col) first.
 
-        Objects are found as in everything mode (:func:`~napari_sam_micro.core.seeds.find_seeds`),
-        their boxes estimated from the diameter under each seed, and covered by few windows
-        (:func:`~napari_sam_micro.core.windows.cover_objects`); a later click or box on such an
-        object is decoded without encoding. Meant for an idle, cancellable, low-priority worker:
-        it yields between windows and stops when the image changes. Nothing to do for models that
-        decode on the whole plane.
-
-        Parameters
-        ----------
-        centre_rc : (row, col), optional
-            Where the user looks (view centre or cursor); default the plane's centre.
-        max_windows : int
-            At most this many windows are encoded.
-
-        Returns
-        -------
-        int
-            Windows encoded by this job.
+        Objects are found as in everything mode and covered by few windows
+        (:func:`~napari_sam_micro.core.preencode.plan_object_windows`, planned once per image); a
+        later prompt on such an object is decoded without encoding. For an idle, cancellable,
+        low-priority worker: it yields between windows, stops when the image changes, encodes at
+        most ``max_windows`` and returns how many it encoded (0 for whole-plane models).
         """
         if self._plane is None:
             raise ImageError("Choose an image before pre-encoding it.")
@@ -395,13 +380,8 @@ class AnnotationSession:
         def run():
             yield Progress(0, 0, "Finding objects to pre-encode")
             ctx = self.decode_context()
-            planned = self._object_windows
-            if planned is None or planned[0] != generation:
-                planned = (generation, plan_object_windows(ctx, self._normalized_plane(generation)))
-                with self._plan_lock:
-                    if generation == self._generation:
-                        self._object_windows = planned
-            order = nearest_first(planned[1], centre_rc, self.image_hw)[:max_windows]
+            planned = self._planes.object_windows(generation, lambda: plan_object_windows(ctx, self._normalized_plane(generation)))
+            order = nearest_first(planned, centre_rc, self.image_hw)[:max_windows]
             encode = lambda window: self._planes.ensure_job(window, generation)  # noqa: E731
             return (yield from preencode_windows_job(ctx, order, encode, lambda: generation == self._generation))
 
@@ -410,15 +390,8 @@ class AnnotationSession:
     def segment_seeds_job(self, seeds_rc, **options) -> Job[SeededSegmentation]:
         """Seeded everything mode on the current plane: :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`.
 
-        Windows are encoded (and cached) in this job; the preview is not touched.
-
-        Parameters
-        ----------
-        seeds_rc : (N, 2) array-like
-            ``(row, col)`` object centres on the current plane (e.g. :func:`~napari_sam_micro.core.seeds.find_seeds`).
-        **options
-            ``iou_floor``, ``nms_thresh``, ``fill_holes``, ``keep_largest``, ``min_area``, ``refill``:
-            see :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`.
+        ``seeds_rc`` ``(N, 2)`` (row, col) object centres (e.g. :func:`~napari_sam_micro.core.seeds.find_seeds`);
+        ``options`` as that function's. Windows are encoded (and cached) here; the preview is not touched.
         """
         if self._plane is None:
             raise ImageError("Choose an image before segmenting it.")
@@ -515,47 +488,18 @@ class AnnotationSession:
         return [w for w in dict.fromkeys(self.plan_windows(prompts)) if not self._is_ready(w)]
 
     def _refinable_previous(self, objects, prompts: Prompts) -> ObjectPreview | None:
-        """The previous single-object preview when ``prompts`` only add points to its prompts."""
         prev = self._preview
-        if prev is None or prev.generation != self._generation or len(prev.objects) != 1 or len(objects) != 1:
+        if prev is None or prev.generation != self._generation:
             return None
-        old, new = prev.prompts, prompts
-        if new.n_points <= old.n_points or new.n_boxes != old.n_boxes:
-            return None
-        if not np.array_equal(old.boxes_xyxy, new.boxes_xyxy):
-            return None
-        if not (
-            np.array_equal(new.points_xy[: old.n_points], old.points_xy)
-            and np.array_equal(new.point_labels[: old.n_points], old.point_labels)
-        ):
-            return None
-        return prev.objects[0]
+        return refinable_previous(prev.objects, prev.prompts, objects, prompts)
 
     def predict(self, prompts: Prompts) -> Prediction:
-        """Decode ``prompts`` on the current plane and make the result the preview.
+        """Decode ``prompts`` (SAM ``(x, y)`` order, plane pixels) and make the result the preview.
 
-        Objects follow :func:`~napari_sam_micro.core.prompts.object_prompts`: points only → one
-        object; each box → one object. How each is decoded is
-        :func:`~napari_sam_micro.core.decoding.decode_prompts`: plain boxes sharing a window in
-        **one** batched decoder call; a single point with SAM's three-mask output (the highest
-        predicted IoU is kept); points added to the previous single-object prompt refine it with
-        the previous low-resolution logits as ``mask_input``.
-
-        Parameters
-        ----------
-        prompts : Prompts
-            SAM ``(x, y)`` order, pixels of the plane.
-
-        Returns
-        -------
-        Prediction
-
-        Raises
-        ------
-        PromptError
-            No prompts, only negative points …
-        EmbeddingNotReady
-            An embedding it needs is not computed (``.windows`` says which).
+        One object per box, or one for points only (:func:`~napari_sam_micro.core.prompts.object_prompts`),
+        decoded by :func:`~napari_sam_micro.core.decoding.decode_prompts`; points added to the
+        previous single-object prompt refine it. Raises ``PromptError`` for unusable prompts and
+        ``EmbeddingNotReady`` (``.windows``) when an embedding it needs is not computed.
         """
         if self._plane is None:
             raise PromptError("Choose an image before adding prompts.")
@@ -586,34 +530,15 @@ class AnnotationSession:
         leading: Sequence[int] = (),
         prediction: Prediction | None = None,
     ) -> list[CommitItem]:
-        """What committing the preview into ``labels`` would paint.
+        """What committing ``prediction`` (default the preview) into ``labels`` would paint.
 
-        Object ``k`` gets id ``next_free_id(labels) + k``. Without ``overwrite`` only background
-        pixels are painted (objects committed together do not overwrite each other either);
-        objects left with no pixel are skipped.
-
-        Parameters
-        ----------
-        labels : np.ndarray
-            ``(..., H, W)`` integer labels (not modified).
-        overwrite : bool
-            Paint over existing labels.
-        leading : tuple of int
-            Plane index along the leading axes of ``labels``.
-        prediction : Prediction, optional
-            Default: the current preview.
-
-        Returns
-        -------
-        list of CommitItem
-
-        Raises
-        ------
-        PromptError
-            Nothing to commit.
+        :func:`~napari_sam_micro.core.commit_plan.plan_commit` of its objects: object ``k`` gets
+        id ``next_free_id(labels) + k``; without ``overwrite`` only background pixels are painted;
+        ``leading`` is the plane's index along the leading axes of ``labels`` (not modified).
         """
         prediction = prediction if prediction is not None else self._preview
         return plan_commit(prediction.objects if prediction is not None else (), labels, overwrite, leading)
+
 
 def _done(value):
     """A job that yields nothing and returns ``value``."""

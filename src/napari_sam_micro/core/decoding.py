@@ -33,6 +33,7 @@ from .prompts import ObjectPrompt
 from .windows import BOX_STAGE_CENTRE_JITTER, BOX_STAGE_SCALE_RANGE, REUSE_SCALE_RANGE, Window, as_trained, covers_plane, reuse_window, square_window
 
 __all__ = [
+    "refinable_previous",
     "EmbeddingNotReady",
     "ObjectPreview",
     "DecodeContext",
@@ -594,3 +595,24 @@ def decode_multimask(ctx: DecodeContext, obj: ObjectPrompt, window: Window | Non
     low_res = np.asarray(out.low_res_logits)[0][:, None]
     iou = np.asarray(out.iou_predictions)[0][:, None]
     return previews(ctx, window, emb, low_res, iou, [obj.kind] * n)
+
+
+def refinable_previous(previous_objects, previous_prompts, objects, prompts) -> ObjectPreview | None:
+    """The previous single-object preview when ``prompts`` only add points to ``previous_prompts``.
+
+    Then the new points refine that object (its low-resolution logits become ``mask_input``)
+    instead of starting a new one. ``objects`` are :func:`~napari_sam_micro.core.prompts.object_prompts`
+    of ``prompts``; returns None when there was not exactly one object before and now, when the
+    boxes changed, or when earlier points moved or changed label.
+    """
+    if len(previous_objects) != 1 or len(objects) != 1:
+        return None
+    old, new = previous_prompts, prompts
+    if new.n_points <= old.n_points or new.n_boxes != old.n_boxes or not np.array_equal(old.boxes_xyxy, new.boxes_xyxy):
+        return None
+    if not (
+        np.array_equal(new.points_xy[: old.n_points], old.points_xy)
+        and np.array_equal(new.point_labels[: old.n_points], old.point_labels)
+    ):
+        return None
+    return previous_objects[0]
