@@ -166,3 +166,81 @@ def test_local_cluster_threads_follow_the_cores(monkeypatch):
             assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"2"}
     finally:
         cluster.close()
+
+
+def test_segment_from_a_csv_of_boxes_and_points(tmp_path, disk_test_model, capsys):
+    """Prompted mode: one object per CSV object, in file order, painted without overwriting; per-image rows."""
+    src = tmp_path / "images"
+    src.mkdir()
+    img, centres = disk_plane((96, 96), n=3, radius=8, seed=1)
+    tifffile.imwrite(src / "a.tif", img)
+    tifffile.imwrite(src / "b.tif", img)
+    tifffile.imwrite(src / "stack.tif", np.stack([img, img]))
+    (r0, c0), (r1, c1), _ = centres
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text(
+        "image,object,x0,y0,x1,y1,x,y,label\n"
+        f"a.tif,first,{c0 - 9},{r0 - 9},{c0 + 9},{r0 + 9},,,\n"
+        f"a,second,,,,,{c1},{r1},1\n"
+        f"b.tif,only,{c1 - 9},{r1 - 9},{c1 + 9},{r1 + 9},,,\n"
+    )
+    out = tmp_path / "out"
+    rc = main(["segment", str(src), "--out", str(out), "--model", "disk-test", "--prompts", str(prompts), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stack.tif" in err and "one 2D plane" in err  # the stack is refused, the others done
+    labels = tifffile.imread(out / "a_labels.tif")
+    table = read_table(out / "a_labels.csv")
+    assert list(table["index"]) == [1, 2] and list(table["prompt"]) == ["box", "points"]
+    assert labels[int(r0), int(c0)] == 1 and labels[int(r1), int(c1)] == 2
+    assert set(np.unique(tifffile.imread(out / "b_labels.tif"))) == {0, 1}
+    assert list(read_table(out / "b_labels.csv")["prompt"]) == ["box"]
+
+
+def test_segment_prompts_errors_are_reported(tmp_path, disk_test_model, capsys):
+    src = tmp_path / "images"
+    src.mkdir()
+    img, _ = disk_plane((64, 64), n=1, radius=6, seed=3)
+    tifffile.imwrite(src / "a.tif", img)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x0,y0\n1,2\n")
+    assert main(["segment", str(src), "--out", str(tmp_path / "o1"), "--model", "disk-test", "--prompts", str(bad), "--quiet"]) == 2
+    assert "error:" in capsys.readouterr().err
+    outside = tmp_path / "outside.csv"
+    outside.write_text("object,x,y\nfar,500,10\n")
+    assert main(["segment", str(src), "--out", str(tmp_path / "o2"), "--model", "disk-test", "--prompts", str(outside), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "a.tif" in err and "far" in err
+    other = tmp_path / "other.csv"
+    other.write_text("image,x,y\nzzz.tif,5,5\n")
+    assert main(["segment", str(src), "--out", str(tmp_path / "o3"), "--model", "disk-test", "--prompts", str(other), "--quiet"]) == 2
+    assert "names no box or point for a.tif" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_segment_geojson_boxes_of_dsb_nuclei_with_micro_tiny(tmp_path, shared_data, capsys):
+    """QuPath-style GeoJSON rectangles around ground-truth nuclei give those nuclei (micro-tiny, CPU)."""
+    from napari_sam_micro.core.masks import mask_to_box_xyxy
+    from napari_sam_micro.core.metrics import instance_scores
+
+    name = "00071198d059ba7f"
+    root = shared_data / "dsb2018-train"
+    truth = tifffile.imread(root / "labels" / f"{name}.tif")
+    ids = [i for i in np.unique(truth) if i][:8]
+    features = []
+    for i in ids:
+        x0, y0, x1, y1 = (float(v) for v in mask_to_box_xyxy(truth == i))
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {}})
+    prompts = tmp_path / "boxes.geojson"
+    prompts.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / f"{name}.tif").write_bytes((root / "images" / f"{name}.tif").read_bytes())
+    out = tmp_path / "out"
+    assert main(["segment", str(src), "--out", str(out), "--device", "cpu", "--prompts", str(prompts), "--quiet"]) == 0
+    labels = tifffile.imread(out / f"{name}_labels.tif")
+    table = read_table(out / f"{name}_labels.csv")
+    assert len(table["index"]) == len(ids) and set(table["prompt"]) == {"box"}
+    reference = np.where(np.isin(truth, ids), truth, 0)
+    scores = instance_scores(reference, labels)
+    assert scores["f1"] >= 0.9 and scores["mean_matched_iou"] > 0.75, scores

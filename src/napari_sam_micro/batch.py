@@ -41,7 +41,8 @@ from .core.errors import UserInputError
 from .core.export import write_labels, write_table
 from .core.preprocess import PreprocessConfig
 from .core.progress import Job, Progress, drain
-from .segmentation import EverythingOptions, everything_job
+from .core.prompt_files import prompts_for_image
+from .segmentation import EverythingOptions, everything_job, prompted_job
 from .tiling import (
     DEFAULT_HALO,
     DEFAULT_TILE,
@@ -88,6 +89,10 @@ class BatchSettings:
         Planes with a side above ``tile`` are tiled (see :mod:`napari_sam_micro.tiling`).
     overwrite : bool
         Redo inputs whose outputs exist (default: skip them).
+    prompts : tuple of ObjectPrompt
+        Prompted segmentation instead of the everything mode: each input's objects from these
+        boxes / points (:func:`~napari_sam_micro.core.prompt_files.read_prompt_file`; matched to
+        inputs by :func:`~napari_sam_micro.core.prompt_files.prompts_for_image`). Empty: everything mode.
     """
 
     model: str
@@ -98,6 +103,7 @@ class BatchSettings:
     tile: int = DEFAULT_TILE
     halo: int = DEFAULT_HALO
     overwrite: bool = False
+    prompts: tuple = ()
 
 
 def _is_zarr(path: Path) -> bool:
@@ -295,7 +301,11 @@ def _plane(data, index: tuple[int, ...]):
     return data[index] if index else data
 
 
-def _segment_plane_job(model, spec, plane, settings: BatchSettings, config: PreprocessConfig, canvas_dir: Path | None, run_tiles=None):
+def _segment_plane_job(model, spec, plane, settings: BatchSettings, config: PreprocessConfig, canvas_dir: Path | None,
+                       run_tiles=None, objects=None):
+    if objects is not None:  # prompted: the Annotator's windows read from the plane, never tiled
+        res = yield from prompted_job(model, np.asarray(plane), spec, objects, preprocess=config)
+        return res.labels, res.table
     if needs_tiling(plane.shape[:2], settings.tile):
         canvas = zarr_canvas(plane.shape[:2], canvas_dir)
         res = yield from tiled_everything_job(
@@ -337,7 +347,8 @@ def segment_file(path, out_dir, settings: BatchSettings, tile_runner=None) -> Jo
         return {**summary, "status": "skipped"}
     start = time.perf_counter()
     image = _open(path, lazy=tile_runner is not None)
-    tile_tasks = tile_runner is not None and is_large(image, settings)
+    objects = _prompts_of(path, image, settings)
+    tile_tasks = tile_runner is not None and objects is None and is_large(image, settings)
     model, spec = (None, _spec(settings)) if tile_tasks else _model(settings)
     tile_runner = tile_runner if tile_tasks else None
     checksum = model_checksum(spec, settings.checkpoint)
@@ -350,7 +361,7 @@ def segment_file(path, out_dir, settings: BatchSettings, tile_runner=None) -> Jo
             yield Progress(k, int(np.prod(lead_shape, dtype=int)), f"{path.name}: plane {k + 1}")
             run_tiles = tile_runner(str(path), index) if tile_runner is not None else None
             labels, table = yield from _segment_plane_job(
-                model, spec, _plane(image.data, index), settings, config, work / f"plane{k}.zarr", run_tiles
+                model, spec, _plane(image.data, index), settings, config, work / f"plane{k}.zarr", run_tiles, objects
             )
             labels, table, next_id = _renumber(labels, table, next_id)
             table.update({f"plane_{ax}": [i] * len(table["index"]) for ax, i in zip(image.leading, index)})
@@ -362,6 +373,19 @@ def segment_file(path, out_dir, settings: BatchSettings, tile_runner=None) -> Jo
         shutil.rmtree(work, ignore_errors=True)
     return {**summary, "status": "done", "objects": len(table["index"]), "planes": len(planes),
             "tile_tasks": tile_tasks, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _prompts_of(path: Path, image: _Image, settings: BatchSettings):
+    """The input's object prompts in prompted mode (None in everything mode)."""
+    if not settings.prompts:
+        return None
+    if image.leading:
+        raise UserInputError(f"prompts apply to one 2D plane; {path.name} has {int(np.prod(image.data.shape[: len(image.leading)]))} "
+                             "planes (split the stack, or run the everything mode).")
+    objects = prompts_for_image(settings.prompts, path)
+    if not objects:
+        raise UserInputError(f"the prompt file names no box or point for {path.name} (its 'image' column names other files).")
+    return objects
 
 
 def _renumber(labels, table: dict, next_id: int):

@@ -19,7 +19,9 @@ skipped and named, and the exit code is then 2. ``metrics`` scores a predicted l
 ``segment`` runs the everything mode on every image (see :mod:`napari_sam_micro.batch`; large
 planes tile by tile) and writes ``<name>_labels.tif`` (OME-Zarr input: ``<name>_labels.ome.zarr``)
 and ``<name>_labels.csv`` into ``--out``; finished images are skipped on a rerun; ``--workers N`` /
-``--scheduler ADDRESS`` run the images on Dask distributed (:mod:`napari_sam_micro.scaleout`). An
+``--scheduler ADDRESS`` run the images on Dask distributed (:mod:`napari_sam_micro.scaleout`). With
+``--prompts FILE`` (a CSV or GeoJSON of boxes and points, :mod:`napari_sam_micro.core.prompt_files`)
+it segments those objects instead (:func:`napari_sam_micro.segmentation.prompted_job`). An
 image that fails is named on an ``error:`` line at once, the others go on, and the exit code is 2.
 
 Every error the user can fix is printed as ``error: ...`` (naming the file) with exit code 2.
@@ -175,7 +177,12 @@ def _segment_settings(args):
         raise UserInputError(f"--percentiles takes two numbers 'low,high' between 0 and 100 (got {args.percentiles!r}).") from err
     if args.tile < 64 or args.halo < 0 or args.halo >= args.tile:
         raise UserInputError("--tile must be at least 64 pixels and --halo between 0 and the tile size.")
-    return BatchSettings(args.model, args.device, args.checkpoint, options, config, args.tile, args.halo, args.overwrite)
+    prompts = ()
+    if args.prompts:
+        from .core.prompt_files import read_prompt_file
+
+        prompts = tuple(read_prompt_file(args.prompts))
+    return BatchSettings(args.model, args.device, args.checkpoint, options, config, args.tile, args.halo, args.overwrite, prompts)
 
 
 def _segment(args) -> int:
@@ -212,13 +219,16 @@ def _add_segment(sub) -> None:
     from .segmentation import EverythingOptions
 
     defaults = EverythingOptions()
-    sg = sub.add_parser("segment", help="everything mode over files, folders, globs, TIFF stacks and OME-Zarr")
+    sg = sub.add_parser("segment", help="everything mode (or given boxes / points) over files, folders, globs, TIFF stacks and OME-Zarr")
     sg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns ('*.tif'), OME-Zarr")
     sg.add_argument("--out", required=True, help="output folder (created if missing)")
     sg.add_argument("--model", default=None, help="registry name (default: the plugin's default model)")
     sg.add_argument("--checkpoint", default=None, help="weights file for the model (e.g. your own fine-tune)")
     sg.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     sg.add_argument("--mode", default="auto", choices=["auto", "seeds", "grid"])
+    sg.add_argument("--prompts", default=None, metavar="FILE",
+                    help="segment the objects of a CSV (x0,y0,x1,y1 boxes / x,y,label points; optional object, image "
+                         "columns) or GeoJSON (polygons = boxes, points) instead of everything mode; (x, y) pixels")
     sg.add_argument("--min-distance", type=int, default=defaults.min_distance, help="seeds: smallest object radius (px)")
     sg.add_argument("--iou-floor", type=float, default=defaults.iou_floor, help="seeds: drop masks with lower predicted IoU")
     sg.add_argument("--nms-thresh", type=float, default=defaults.nms_thresh, help="overlap above which duplicates are dropped")

@@ -24,18 +24,25 @@ import numpy as np
 
 from .core.automatic import AmgParams, CandidateSet, generate_candidates, labels_from_result
 from .core.cache import EmbeddingCache, content_digest, embedding_key
-from .core.errors import UserInputError
+from .core.commit_plan import plan_commit
+from .core.errors import PromptError, UserInputError
 from .core.model_api import PromptableModel
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Job, Progress
+from .core.prompts import Prompts
 from .core.seeds import SEED_IOU_FLOOR, find_seeds
 from .core.touching import TOUCHING_H
 from .session import AnnotationSession
 
-__all__ = ["MODE_SEEDS", "MODE_GRID", "EverythingOptions", "EverythingResult", "everything_job", "everything_mode_for"]
+__all__ = [
+    "MODE_SEEDS", "MODE_GRID", "MODE_PROMPTS", "EverythingOptions", "EverythingResult", "everything_job",
+    "everything_mode_for", "prompted_job",
+]
 
 MODE_SEEDS = "seeds"
 MODE_GRID = "grid"
+#: :func:`prompted_job`'s mode: objects from given boxes and points.
+MODE_PROMPTS = "prompts"
 
 
 @dataclass(frozen=True)
@@ -195,3 +202,66 @@ def _grid_job(model, plane, config, options, cache, model_id) -> Job[EverythingR
     candidates = yield from generate_candidates(model, image, options.grid, cache=cache, cache_key=key)
     labels, table = labels_from_result(candidates.filter(options.grid), options.min_area)
     return EverythingResult(labels, table, MODE_GRID, candidates=candidates)
+
+
+def prompted_job(
+    model: PromptableModel,
+    plane: np.ndarray,
+    spec,
+    objects,
+    *,
+    preprocess: PreprocessConfig | None = None,
+    cache: EmbeddingCache | None = None,
+    model_id: str | None = None,
+) -> Job[EverythingResult]:
+    """Segment the objects that given boxes and points describe, as the Annotator commits them; a job.
+
+    Each object is decoded like an Annotator prompt (its window, click stages, refinement clicks:
+    :meth:`~napari_sam_micro.session.AnnotationSession.predict_job`) and painted in order without
+    overwriting earlier objects (:func:`~napari_sam_micro.core.commit_plan.plan_commit`).
+
+    Parameters
+    ----------
+    model, plane, spec, preprocess, cache, model_id
+        As in :func:`everything_job`.
+    objects : sequence of ObjectPrompt
+        :class:`~napari_sam_micro.core.prompt_files.ObjectPrompt` (``box_xyxy``, ``points_xy``,
+        ``labels``; ``(x, y)`` pixels of ``plane``).
+
+    Returns
+    -------
+    EverythingResult
+        ``mode`` ``"prompts"``; ids ``1..K`` in prompt order (an object left without pixels gets
+        none); the table's ``prompt`` column says ``box`` / ``points`` / ``box+points``.
+
+    Raises
+    ------
+    PromptError
+        A prompt outside the plane (the message names the object).
+    """
+    cache = cache if cache is not None else EmbeddingCache()
+    session = AnnotationSession(model, cache, preprocess, model_id=model_id or spec.embedding_id,
+                                **AnnotationSession.options_for(spec))
+    session.set_image(plane)
+    previews = []
+    for k, obj in enumerate(objects):
+        yield Progress(k, len(objects), f"Object {k + 1} of {len(objects)}")
+        boxes = np.array([obj.box_xyxy] if obj.box_xyxy is not None else [], np.float32).reshape(-1, 4)
+        points = np.array(obj.points_xy, np.float32).reshape(-1, 2)
+        prompts = Prompts(points, np.array(obj.labels, np.int32), boxes_xyxy=boxes)
+        session.clear_preview()
+        try:
+            prediction = yield from session.predict_job(prompts)
+        except PromptError as err:
+            raise PromptError(f"object {obj.name!r}: {err}") from None
+        previews.extend(prediction.objects)
+    labels = np.zeros(session.image_hw, np.uint32)
+    items = plan_commit(previews, labels, False, ()) if previews else []
+    table: dict[str, list] = {}
+    for item in items:
+        labels[item.indices] = item.label_id
+        for column, value in item.row.items():
+            table.setdefault(column, []).append(value)
+    if not items:
+        table = {"index": [], "area": []}
+    return EverythingResult(labels, table, MODE_PROMPTS)
