@@ -279,6 +279,24 @@ def physical_cores() -> int:
     return int(cores)
 
 
+def ort_session_options(threads: int | None = None):
+    """ONNX Runtime session options of every graph of the plugin (the encoders and the decoder).
+
+    All graph optimisations, sequential execution (the graphs are chains), ``threads`` intra-op
+    threads (default :func:`physical_cores`: hyper-threads do not speed these kernels up), errors
+    only in the log.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = physical_cores() if threads is None else int(threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
 class OrtImageEncoder:
     """An exported image encoder run by ONNX Runtime's CPU execution provider.
 
@@ -301,12 +319,7 @@ class OrtImageEncoder:
             import onnxruntime as ort
         except ImportError as err:
             raise OnnxEncoderError("the Python package 'onnxruntime' is not installed") from err
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = physical_cores() if threads is None else int(threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
+        options = ort_session_options(threads)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own exception types for bad files

@@ -55,14 +55,9 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
             "The offline model needs the Python package 'onnxruntime' (pip install onnxruntime), "
             "or PyTorch (pip install 'napari-sam-micro[torch]')."
         ) from err
-    from .onnx_encoder import physical_cores
+    from .onnx_encoder import ort_session_options
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = physical_cores() if threads is None else int(threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = ort_session_options(threads)
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types for bad files
