@@ -18,7 +18,7 @@ CPU runtime ``Device: auto`` picks), on held-out DSB 2018 fluorescence images of
 
 Usage::
 
-    python benchmarks/bench_cpu.py [--images 3] [--objects 8] [--runtime auto|torch|onnxruntime]
+    python benchmarks/bench_cpu.py [--images 3] [--objects 8] [--runtime auto|torch|onnxruntime|openvino]
 
 Targets (issue "Fast on a laptop CPU"): box ≤ 0.4 x, click ≤ 0.6 x, pre-encoded ≤ 0.05 x,
 everything ≤ 0.25 x per object.
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--objects", type=int, default=8, help="objects per image for the prompt figures")
-    parser.add_argument("--runtime", default="auto", help="auto, torch or onnxruntime (the encoder on the CPU)")
+    parser.add_argument("--runtime", default="auto", help="auto, torch, onnxruntime or openvino (the encoder on the CPU)")
     parser.add_argument("--model", default=None)
     args = parser.parse_args(argv)
 
