@@ -63,3 +63,33 @@ def test_link_labels_without_overlap_gives_fresh_ids():
     assert set(np.unique(out)) == {0, 5} and nxt == 6
     empty, nxt2 = link_labels(prev, np.zeros_like(cur), next_id=5)
     assert not empty.any() and nxt2 == 5
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.indices(shape)
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def test_split_at_waists_cuts_stacked_nuclei_and_drops_one_plane_fragments():
+    from napari_sam_micro.core.overlap import split_at_waists
+
+    shape = (40, 40)
+    # one linked id (5) for two nuclei stacked in z at the same place: radii 4 6 8 6 4 | 5 7 9 7 5,
+    # and a stray one-plane fragment (id 9) on plane 2; a single wide nucleus (id 3) elsewhere
+    radii = [4, 6, 8, 6, 4, 5, 7, 9, 7, 5]
+    stack = np.zeros((len(radii), *shape), np.int32)
+    for z, r in enumerate(radii):
+        stack[z][_disc(shape, (12, 12), r)] = 5
+        stack[z][_disc(shape, (30, 30), 6 if 2 <= z <= 7 else 0)] = 3 if 2 <= z <= 7 else 0
+    stack[2][_disc(shape, (32, 8), 2)] = 9
+    out = split_at_waists(stack, axis=0, ratio=0.85, min_planes=2)
+    first, second = out[2][12, 12], out[7][12, 12]
+    assert first and second and first != second
+    assert set(np.unique(out[:5][stack[:5] == 5])) == {first} and set(np.unique(out[5:][stack[5:] == 5])) == {second}
+    assert out[2][32, 8] == 0  # the one-plane fragment is gone
+    assert len({int(out[z][30, 30]) for z in range(2, 8)}) == 1 and out[4][30, 30] not in (0, first, second)
+    assert sorted(np.unique(out).tolist()) == [0, 1, 2, 3]
+    # along another axis, and a shallow waist kept whole at a small ratio
+    assert np.array_equal(np.moveaxis(split_at_waists(np.moveaxis(stack, 0, 2), axis=2, min_planes=2), 2, 0), out)
+    kept = split_at_waists(stack, ratio=0.2)  # the waist is a quarter of the peaks: kept at 0.2
+    assert len(np.unique(kept[stack == 5])) == 1 and kept[2][32, 8] != 0

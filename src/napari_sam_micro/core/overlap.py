@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Overlaps", "overlaps", "match_overlaps", "link_labels", "link_stack"]
+__all__ = ["Overlaps", "overlaps", "match_overlaps", "link_labels", "link_stack", "split_at_waists"]
 
 
 @dataclass(frozen=True)
@@ -187,4 +187,72 @@ def link_stack(stack: np.ndarray, axis: int = 0, min_score: float = 0.3, measure
             out[0], next_id = link_labels(np.zeros_like(plane), plane, next_id, min_score, measure)
         else:
             out[k], next_id = link_labels(out[k - 1], plane, next_id, min_score, measure)
+    return np.moveaxis(out, 0, axis)
+
+
+def _profiles(planes: np.ndarray) -> dict[int, list[tuple[int, int]]]:
+    """``{id: [(plane index, area), ...]}`` of a stack with planes first."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for k, plane in enumerate(planes):
+        ids, counts = _areas(plane)
+        for i, n in zip(ids.tolist(), counts.tolist()):
+            out.setdefault(i, []).append((k, n))
+    return out
+
+
+def _waists(areas: np.ndarray, ratio: float) -> list[int]:
+    """Positions where an area profile has a waist: a local minimum below ``ratio`` x the peaks on both sides."""
+    cuts = []
+    for k in range(1, len(areas) - 1):
+        if areas[k] <= areas[k - 1] and areas[k] <= areas[k + 1]:
+            if areas[k] < ratio * min(areas[:k].max(), areas[k + 1 :].max()) and (not cuts or k - cuts[-1] > 1):
+                cuts.append(k)
+    return cuts
+
+
+def split_at_waists(stack: np.ndarray, axis: int = 0, ratio: float = 0.85, min_planes: int = 1) -> np.ndarray:
+    """Split linked 3D objects where their cross-section narrows, and drop objects on too few planes.
+
+    Per-plane objects linked by overlap (:func:`link_stack`) join nuclei stacked in z at the same
+    place (one ends, the next begins below it) and keep stray one-plane fragments. A convex object's
+    cross-section area rises and falls once along z; a linked object whose area has a local minimum
+    below ``ratio`` x the largest area on each side of it is cut there (the minimum's plane ends the
+    object above it). For z only: a cell's area over time has no such shape.
+
+    Parameters
+    ----------
+    stack : ndarray of int, planes along ``axis``
+        Linked labels (one id per 3D object).
+    axis : int
+    ratio : float
+        Waist depth in (0, 1]; smaller cuts only deep waists.
+    min_planes : int
+        Objects (after cutting) on fewer planes are removed (1 keeps all).
+
+    Returns
+    -------
+    ndarray of uint32, the shape of ``stack``
+        Ids ``1..K`` in order of first appearance along ``axis``.
+    """
+    planes = np.moveaxis(np.asarray(stack), axis, 0)
+    profiles = _profiles(planes)
+    luts = [dict() for _ in range(len(planes))]  # per plane: old id -> new id
+    next_id = 1
+    for i in sorted(profiles, key=lambda j: (profiles[j][0][0], j)):
+        where = np.array([k for k, _ in profiles[i]])
+        areas = np.array([n for _, n in profiles[i]], np.float64)
+        bounds = [0, *(k + 1 for k in _waists(areas, ratio)), len(where)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if where[b - 1] - where[a] + 1 < min_planes:
+                continue
+            for k in where[a:b]:
+                luts[int(k)][i] = next_id
+            next_id += 1
+    out = np.zeros(planes.shape, np.uint32)
+    for k, plane in enumerate(planes):
+        if luts[k]:
+            old = np.fromiter(luts[k].keys(), np.int64)
+            lut = np.zeros(int(max(old.max(), plane.max())) + 1, np.uint32)
+            lut[old] = np.fromiter(luts[k].values(), np.uint32)
+            out[k] = lut[plane]
     return np.moveaxis(out, 0, axis)
