@@ -44,7 +44,7 @@ from .core.decoding import decode_multimask
 from .core.errors import ImageError, PromptError, UserInputError
 from .core.model_api import PromptableModel
 from .core.prompts import Prompts, object_prompts
-from .segmentation import EverythingOptions, EverythingResult, everything_job, everything_mode_for
+from .segmentation import EverythingOptions, EverythingResult, everything_job, everything_mode_for, paint_objects
 from .session import AnnotationSession, Prediction
 from .tiling import needs_tiling, tiled_everything_job
 
@@ -554,7 +554,7 @@ def segment_prompts(image, boxes=None, points=None, labels=None, *, model=DEFAUL
             for note in prediction.warnings:
                 warnings.warn(note, stacklevel=2)
             objects.extend(prediction.objects)
-        return _commit(predictor.session, objects)
+        return paint_objects(objects, predictor.session.image_hw)[0]
 
 
 def _prompt_groups(points, labels, boxes) -> list[tuple]:
@@ -568,15 +568,3 @@ def _prompt_groups(points, labels, boxes) -> list[tuple]:
     if lab.shape != pts.shape[:2]:
         raise PromptError(f"points of shape {pts.shape} need labels of shape {pts.shape[:2]}, got {lab.shape}.")
     return [(pts[k], lab[k], None) for k in range(pts.shape[0])]
-
-
-def _commit(session: AnnotationSession, objects) -> np.ndarray:
-    """Paint objects as the Annotator commits them (:meth:`AnnotationSession.commit_plan`) into new labels."""
-    labels = np.zeros(session.image_hw, np.uint32)
-    if not objects:
-        return labels
-    combined = Prediction(tuple(objects), Prompts(), session.generation)
-    for item in session.commit_plan(labels, overwrite=False, prediction=combined):
-        labels[item.indices] = item.label_id
-    return labels
-

@@ -36,7 +36,7 @@ from .session import AnnotationSession
 
 __all__ = [
     "MODE_SEEDS", "MODE_GRID", "MODE_PROMPTS", "EverythingOptions", "EverythingResult", "everything_job",
-    "everything_mode_for", "prompted_job",
+    "everything_mode_for", "prompted_job", "paint_objects",
 ]
 
 MODE_SEEDS = "seeds"
@@ -255,13 +255,22 @@ def prompted_job(
         except PromptError as err:
             raise PromptError(f"object {obj.name!r}: {err}") from None
         previews.extend(prediction.objects)
-    labels = np.zeros(session.image_hw, np.uint32)
-    items = plan_commit(previews, labels, False, ()) if previews else []
-    table: dict[str, list] = {}
+    labels, table = paint_objects(previews, session.image_hw)
+    return EverythingResult(labels, table, MODE_PROMPTS)
+
+
+def paint_objects(objects, hw: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    """New ``(H, W)`` uint32 labels of ``objects`` painted as the Annotator commits them, and their table.
+
+    ``objects`` are :class:`~napari_sam_micro.core.decoding.ObjectPreview` in order: ids ``1..K``,
+    a later object never overwrites an earlier one, an object left without pixels gets no id
+    (:func:`~napari_sam_micro.core.commit_plan.plan_commit`); the table has one row per id.
+    """
+    labels = np.zeros(hw, np.uint32)
+    items = plan_commit(objects, labels, False, ()) if len(objects) else []
+    table: dict[str, list] = {"index": [], "area": []} if not items else {}
     for item in items:
         labels[item.indices] = item.label_id
         for column, value in item.row.items():
             table.setdefault(column, []).append(value)
-    if not items:
-        table = {"index": [], "area": []}
-    return EverythingResult(labels, table, MODE_PROMPTS)
+    return labels, table
