@@ -2,7 +2,8 @@
 # A plain `pip install .` (no extras) gives a working plugin without PyTorch: in a fresh virtual
 # environment, install the package, check that torch is absent, load the plugin's napari manifest,
 # load the default model micro-tiny (ONNX Runtime) and segment one box on a synthetic image; print
-# the environment's size. Usage: bash .ci/check_plain_install.sh [VENV_DIR] (default: a temporary folder).
+# the environment's size. Then uninstall napari from that environment and check that the Python API
+# (load_predictor, segment_prompts) works without it, as in a notebook. Usage: bash .ci/check_plain_install.sh [VENV_DIR] (default: a temporary folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,28 @@ iou = float((mask & disk).sum() / (mask | disk).sum())
 print(f"plain install: {name} on {model.runtime}, loaded in {t1 - t0:.1f} s, box IoU {iou:.3f}, "
       f"predicted IoU {float(out.iou_predictions[0, 0]):.3f} (napari_sam_micro {napari_sam_micro.__file__})")
 assert name == "micro-tiny" and model.runtime == "onnxruntime" and iou > 0.9
+PY
+)
+# the Python API in a notebook needs no napari: remove it from the fresh environment and segment again
+"$venv/bin/python" -m pip uninstall -q -y napari
+(cd "$venv" && "$venv/bin/python" - <<'PY'
+import importlib.util
+
+import numpy as np
+
+assert importlib.util.find_spec("napari") is None, "napari is still installed"
+from napari_sam_micro import load_predictor, segment_prompts
+
+yy, xx = np.mgrid[:160, :200]
+disk = (yy - 80) ** 2 + (xx - 90) ** 2 < 25**2
+image = (20 + 180 * disk).astype(np.uint16)
+predictor = load_predictor(progress=False)
+predictor.set_image(image)
+masks, scores, _ = predictor.predict(boxes=[[62, 52, 118, 108]])
+iou = float((masks[0] & disk).sum() / (masks[0] | disk).sum())
+labels = segment_prompts(image, boxes=[[62, 52, 118, 108]], model=predictor, progress=False)
+print(f"without napari: API box IoU {iou:.3f}, predicted IoU {float(scores[0]):.3f}, labels {np.unique(labels).tolist()}")
+assert iou > 0.9 and np.unique(labels).tolist() == [0, 1]
 PY
 )
 echo "plain install size: $(du -sh "$venv" | cut -f1) ($venv)"
