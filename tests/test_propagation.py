@@ -106,3 +106,16 @@ def test_everything_in_3d_links_one_id_per_object(disk_test_model):
         assert all((res.labels[p] == gid).any() for p in range(4))
     assert res.table["index"] == [1, 2] and res.table["planes"] == [4, 4]
     assert res.table["area"] == [int((res.labels == 1).sum()), int((res.labels == 2).sum())]
+
+
+def test_everything_in_3d_drops_one_plane_objects_from_labels_and_table(disk_test_model):
+    spec, model = registry.get_spec("disk-test"), registry.load_model("disk-test")
+    shape = (120, 140)
+    planes = [_disk(shape, (40, 40), 12) for _ in range(3)]
+    planes[2] = planes[2] | _disk(shape, (80, 100), 12)  # a second object on the last plane only
+    stack = np.stack([100 + 300 * p for p in planes]).astype(np.uint16)
+    res = drain(everything_stack_job(model, spec, lambda p: stack[p], range(3), kind="z"))
+    assert np.unique(res.labels).tolist() == [0, 1] and res.table["index"] == [1]
+    assert res.per_plane[2].max() == 2  # it was found on its plane, then dropped as a one-plane object
+    res_t = drain(everything_stack_job(model, spec, lambda p: stack[p], range(3), kind="t"))
+    assert res_t.table["index"] == [1, 2] and res_t.table["planes"] == [3, 1]

@@ -444,7 +444,7 @@ def _stack_table(local: np.ndarray, linked: np.ndarray, tables: list, planes: li
     rows: dict[int, dict] = {}
     for k, table in enumerate(tables):
         iou_of = dict(zip((int(i) for i in table.get("index", [])), (float(v) for v in table.get("predicted_iou", []))))
-        both = local[k] != 0
+        both = (local[k] != 0) & (linked[k] != 0)  # objects split_at_waists dropped have no row
         pairs, counts = np.unique(np.stack([local[k][both], linked[k][both]]), axis=1, return_counts=True)
         for (lid, gid), n in zip(pairs.T, counts):
             row = rows.setdefault(int(gid), {"index": int(gid), "area": 0, "ious": {}})

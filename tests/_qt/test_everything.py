@@ -277,3 +277,70 @@ def test_large_planes_are_segmented_in_tiles(qtbot, disk_test_model):
     _run(qtbot, widget)
     out = widget.output_layer.data
     assert len(np.unique(out)) - 1 == 3 and len(widget.seeded.table["index"]) == 3
+
+
+def _stack_of_blobs():
+    """(5, 80, 110) uint16: blob A on planes 0-3, blob B on planes 2-4, blob C on plane 4 only."""
+    stack = np.full((5, 80, 110), 200, np.uint16)
+    rr, cc = np.mgrid[:80, :110]
+    for planes, (r, c) in (((0, 1, 2, 3), (30, 30)), ((2, 3, 4), (50, 80)), ((4,), (15, 90))):
+        for p in planes:
+            stack[p][(rr - r) ** 2 + (cc - c) ** 2 <= 10**2] = 3000
+    return stack
+
+
+@pytest.mark.parametrize("kind, n_objects", [("z", 2), ("t", 3)])
+def test_whole_stack_links_the_planes_into_one_id_per_object(qtbot, disk_test_model, kind, n_objects):
+    from napari_sam_micro._qt.everything import MODE_SEEDS
+
+    viewer = ViewerModel()
+    viewer.add_image(_stack_of_blobs(), name="stack")
+    viewer.dims.set_current_step(0, 2)
+    widget = EverythingWidget(viewer, model="disk-test")
+    qtbot.addWidget(widget)
+    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_SEEDS))
+    widget.planes_combo.setCurrentIndex(widget.planes_combo.findData(kind))
+    _run(qtbot, widget)
+    assert widget.stack is not None, widget.status.text()
+    out = np.asarray(widget.output_layer.data)
+    assert out.shape == (5, 80, 110)
+    # z: the one-plane blob C is dropped (not a 3D object); t: it is a one-frame track
+    ids = np.unique(out[out > 0])
+    assert len(ids) == n_objects and f"{n_objects} " in widget.status.text()
+    assert len(np.unique(out[0:4, 30, 30])) == 1 and out[0, 30, 30] > 0  # A: one id on planes 0-3
+    assert len(np.unique(out[2:5, 50, 80])) == 1 and out[2, 50, 80] > 0  # B: one id on planes 2-4
+    assert out[3, 30, 30] != out[3, 50, 80]
+    table = widget.output_layer.features.set_index("index")
+    assert sorted(table.index) == ids.tolist()
+    assert table.loc[out[0, 30, 30], "planes"] == 4 and table.loc[out[2, 50, 80], "first_plane"] == 2
+    widget.output_layer.undo()  # the whole stack was one step
+    assert not np.asarray(widget.output_layer.data).any()
+
+
+def test_whole_stack_of_a_2d_image_explains(qtbot, disk_test_model):
+    viewer = ViewerModel()
+    viewer.add_image(_stack_of_blobs()[2], name="plane")
+    widget = EverythingWidget(viewer, model="disk-test")
+    qtbot.addWidget(widget)
+    widget.planes_combo.setCurrentIndex(widget.planes_combo.findData("z"))
+    assert widget.run() is None and "one plane" in widget.status.text()
+    assert len(viewer.layers) == 1
+
+
+def test_write_stack_labels_replaces_one_stack_and_keeps_ids_unique():
+    from napari_sam_micro._napari.everything import write_stack_labels
+
+    viewer = ViewerModel()
+    data = np.zeros((2, 3, 6, 6), np.uint32)  # (t, z, y, x)
+    data[1, :, 0:2, 0:2] = 7  # an object of t = 1, outside the stack written below
+    layer = viewer.add_labels(data)
+    stack = np.zeros((3, 6, 6), np.uint32)
+    stack[:, 3:5, 3:5] = 1
+    stack[2, 0:1, 5:6] = 2
+    ids = write_stack_labels(layer, (0, 1), 1, stack, {"index": [1, 2], "area": [12, 1], "planes": [3, 1]})
+    assert ids.tolist() == [8, 9]  # above id 7 used outside the stack
+    np.testing.assert_array_equal(layer.data[0], np.where(stack > 0, stack + 7, 0))
+    assert (layer.data[1, :, 0:2, 0:2] == 7).all()  # the other frame is untouched
+    assert layer.features["index"].tolist() == [8, 9] and layer.features["planes"].tolist() == [3, 1]
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, data)

@@ -33,7 +33,7 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFormLayout, QPushButton, QVBoxLayout, QWidget
 
-from .._napari.everything import EVERYTHING_ROLE, find_everything_layer, write_plane_labels
+from .._napari.everything import EVERYTHING_ROLE, find_everything_layer, write_plane_labels, write_stack_labels
 from .._napari.layers import META_KEY, current_plane_index, image_geometry, plane_data
 from .._napari.state import ViewerState, embedding_model_id
 from ..core.automatic import AmgParams, AmgResult, CandidateSet, generate_candidates, labels_from_result
@@ -45,7 +45,8 @@ from ..models.registry import get_spec
 from ..segmentation import EverythingOptions, EverythingResult, everything_job
 from ..tiling import needs_tiling, tiled_everything_job
 from .._napari.batch_results import open_batch_results
-from .everything_form import MODE_GRID, MODE_SEEDS, EverythingForm
+from ..propagation import StackEverything, everything_stack_job
+from .everything_form import MODE_GRID, MODE_SEEDS, PLANES_ONE, EverythingForm
 from .forms import model_combo
 from .job_panel import JobPanel
 from .objects_table import LayerComboBox
@@ -83,7 +84,11 @@ class EverythingWidget(QWidget):
     candidates : CandidateSet or None
         Candidates of the last model run (kept for instant re-filtering).
     result : AmgResult or None
-        The objects currently written.
+        The objects currently written (grid mode, one plane).
+    seeded : EverythingResult or None
+        The last seeds-mode run on one plane.
+    stack : StackEverything or None
+        The last whole-stack run (planes linked in z or t).
     output_layer : napari.layers.Labels or None
         The layer the objects are written to.
     worker : GeneratorWorker or None
@@ -97,6 +102,7 @@ class EverythingWidget(QWidget):
         self._run: _Run | None = None
         self.result: AmgResult | None = None
         self.seeded: EverythingResult | None = None
+        self.stack: StackEverything | None = None
         self.output_layer: Labels | None = None
         self.image_combo = LayerComboBox(napari_viewer, Image, self)
         self.image_combo.setToolTip("Image to segment. For 3D / time-lapse data the plane shown in the viewer is used.")
@@ -121,6 +127,7 @@ class EverythingWidget(QWidget):
         inputs.addRow("Image:", self.image_combo)
         inputs.addRow("Model:", self.model_combo)
         inputs.addRow("Mode:", self.mode_combo)
+        inputs.addRow("Planes:", self.planes_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(inputs)
         layout.addWidget(self.form)
@@ -209,6 +216,9 @@ class EverythingWidget(QWidget):
             return None
         model_name = self.model_name()
         target = (image_layer, geometry, index, model_name)
+        kind = str(self.planes_combo.currentData())
+        if kind != PLANES_ONE:
+            return self._run_stack(kind, target, config)
         if self.mode() == MODE_SEEDS:
             job = self._seeds_job(model_name, plane, config, self.seed_spin.value())
             on_result = lambda res: self._on_seeded(res, target)  # noqa: E731
@@ -239,6 +249,50 @@ class EverythingWidget(QWidget):
         result = yield from everything_job(model, plane, spec, preprocess=config, options=options, cache=self.state.cache, model_id=model_id)
         return result
 
+    # -- the whole stack ------------------------------------------------------------------------
+    def _run_stack(self, kind: str, target, config):
+        """Everything mode on every plane along the stack axis (z: the last leading axis, t: the first)."""
+        image_layer, geometry, index, model_name = target
+        if not index:
+            err = UserInputError("This image has one plane: choose 'Displayed plane', or open a 3D / time-lapse image.")
+            self.status.setText(str(err))
+            notify_exception(err)
+            return None
+        axis = len(index) - 1 if kind == "z" else 0
+        options = EverythingOptions(mode=self.mode(), min_distance=int(self.seed_spin.value()), grid=self.params())
+
+        def get_plane(p):
+            return plane_data(image_layer, geometry, index[:axis] + (int(p),) + index[axis + 1 :])
+
+        def job():
+            model = yield from self.state.models.get_job(model_name)
+            stack = yield from everything_stack_job(
+                model, get_spec(model_name), get_plane, range(geometry.shape[axis]), options=options,
+                preprocess=config, cache=self.state.cache, model_id=embedding_model_id(model_name), kind=kind,
+            )
+            return stack
+
+        what = "3D objects" if kind == "z" else "tracks"
+        return self.job_panel.start(
+            job(), on_result=lambda res: self._on_stack(res, target, axis, what), on_error=self._on_error,
+            on_finished=self._on_finished, context="Automatic segmentation of the stack",
+            status=f"Segmenting every plane of '{image_layer.name}' along axis {axis} …",
+        )
+
+    def _on_stack(self, stack: StackEverything, target, axis: int, what: str) -> None:
+        image_layer, geometry, index, model_name = target
+        self._run = None
+        self.seeded, self.stack = None, stack
+        layer = self._output_for(_Run(None, image_layer, geometry, index, model_name))
+        try:
+            write_stack_labels(layer, index, axis, stack.labels, stack.table)
+        except UserInputError as err:
+            self.status.setText(str(err))
+            notify_exception(err)
+            return
+        n = len(stack.table["index"])
+        self.status.setText(f"{n} {what} in '{image_layer.name}' over {len(stack.planes)} planes (axis {axis}).")
+
     # -- batch results ---------------------------------------------------------------------------
     def _choose_results(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -261,7 +315,7 @@ class EverythingWidget(QWidget):
     def _on_seeded(self, result: EverythingResult, target) -> None:
         image_layer, geometry, index, model_name = target
         run = _Run(None, image_layer, geometry, index, model_name)
-        self._run = None
+        self._run, self.stack = None, None
         self.seeded = result
         layer = self._output_for(run)
         try:
@@ -289,11 +343,15 @@ class EverythingWidget(QWidget):
     def _on_finished(self, aborted: bool) -> None:
         if aborted:
             self.status.setText("Cancelled; the labels were not changed.")
-        self.job_panel.reset_progress(1 if not aborted and (self._run is not None or self.seeded is not None) else 0)
+        self.job_panel.reset_progress(1 if not aborted and self._has_result() else 0)
+
+    def _has_result(self) -> bool:
+        return any(r is not None for r in (self._run, self.seeded, self.stack))
 
     def _on_candidates(self, candidates: CandidateSet, target) -> None:
         image_layer, geometry, index, model_name = target
         self._run = _Run(candidates, image_layer, geometry, index, model_name)
+        self.seeded = self.stack = None
         self._apply_filter_safely()
 
     # -- instant re-filtering --------------------------------------------------------------

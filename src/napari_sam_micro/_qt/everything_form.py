@@ -7,11 +7,13 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QVBoxLa
 from ..core.automatic import AmgParams
 from .forms import slider, spin
 
-__all__ = ["EverythingForm", "MODE_GRID", "MODE_SEEDS"]
+__all__ = ["EverythingForm", "MODE_GRID", "MODE_SEEDS", "PLANES_ONE"]
 
 #: Values of :attr:`EverythingForm.mode_combo`.
 MODE_GRID = "grid"
 MODE_SEEDS = "seeds"
+#: Values of :attr:`EverythingForm.planes_combo`: the displayed plane, or the whole stack linked in z / t.
+PLANES_ONE = "plane"
 
 
 class EverythingForm(QWidget):
@@ -24,7 +26,7 @@ class EverythingForm(QWidget):
     """
 
     CONTROLS = (
-        "mode_combo", "seed_spin", "points_spin", "crop_layers_spin", "iou_slider", "stability_slider", "nms_slider",
+        "mode_combo", "planes_combo", "seed_spin", "points_spin", "crop_layers_spin", "iou_slider", "stability_slider", "nms_slider",
         "min_area_spin", "max_area_spin", "fill_holes_check", "fragment_spin", "largest_check",
     )
 
@@ -52,6 +54,16 @@ class EverythingForm(QWidget):
             "Seeds: find object centres in the image (bright or dark blobs) and segment each with one "
             "centred click; best for 256-px microscopy models such as micro-tiny. Grid: SAM's regular "
             "grid of point prompts with instant filters; for SAM models."
+        )
+        self.planes_combo = QComboBox(self)
+        self.planes_combo.addItem("Displayed plane", PLANES_ONE)
+        self.planes_combo.addItem("Whole stack: 3D objects (z)", "z")
+        self.planes_combo.addItem("Whole stack: tracks over time (t)", "t")
+        self.planes_combo.setToolTip(
+            "Displayed plane: segment the plane shown in the viewer. Whole stack (3D or time-lapse images): "
+            "segment every plane along the stack axis and give objects that overlap on neighbouring planes "
+            "one id. z: the axis just before rows and columns, objects cut where they narrow (stacked "
+            "nuclei); t: the first axis, cells linked frame to frame. Other axes stay at the displayed plane."
         )
         self.seed_spin = spin(
             2, 200, 5,
