@@ -1043,18 +1043,11 @@ def generate_candidates(
     collected = []
     for c, (crop, layer) in enumerate(zip(boxes, layers)):
         x0, y0, x1, y1 = crop
-        embedding = None
         key = _crop_key(cache_key, crop, c == 0) if cache is not None else None
-        if key is not None:
-            embedding = cache.get(key)
-        if embedding is None:
-            embedding = model.encode(np.ascontiguousarray(image[y0:y1, x0:x1]))
-            if key is not None:
-                cache.put(key, embedding)
+        embedding = _crop_embedding(model, image, crop, cache, key)
         done += 1
         yield Progress(done, total, f"Encoded crop {c + 1} of {len(boxes)}")
-        crop_h, crop_w = y1 - y0, x1 - x0
-        points = grids[layer] * np.array([[crop_w, crop_h]], dtype=np.float64)
+        points = grids[layer] * np.array([[x1 - x0, y1 - y0]], dtype=np.float64)
         settings = BatchSettings(
             iou_floor=iou_floor,
             stability_floor=stability_floor,
@@ -1065,22 +1058,41 @@ def generate_candidates(
         )
         for b in range(n_batches[c]):
             pts = points[b * batch : (b + 1) * batch]
-            res = process(model, embedding, pts, settings)
-            prompt = res.index // res.n_masks
-            shift = np.array([x0, y0, x0, y0], dtype=np.int64)
-            collected.append(
-                (
-                    np.full(len(res.index), c, dtype=np.int64),
-                    res.predicted_iou.astype(np.float32),
-                    res.stability.astype(np.float32),
-                    res.boxes.astype(np.int64).reshape(-1, 4) + shift,
-                    res.areas.astype(np.int64),
-                    pts[prompt] + np.array([x0, y0], dtype=np.float64),
-                    res.bits,
-                )
-            )
+            collected.append(_batch_rows(process(model, embedding, pts, settings), c, pts, crop))
             done += 1
             yield Progress(done, total, f"Crop {c + 1} of {len(boxes)}: {min((b + 1) * batch, len(points))} of {len(points)} points")
+    return _candidate_set(params, (height, width), (iou_floor, stability_floor), boxes, collected)
+
+
+def _crop_embedding(model: PromptableModel, image: np.ndarray, crop, cache, key: str | None):
+    """The embedding of ``image``'s crop ``(x0, y0, x1, y1)``: from ``cache`` under ``key``, else encoded (and kept)."""
+    embedding = cache.get(key) if key is not None else None
+    if embedding is None:
+        x0, y0, x1, y1 = crop
+        embedding = model.encode(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        if key is not None:
+            cache.put(key, embedding)
+    return embedding
+
+
+def _batch_rows(res, c: int, pts: np.ndarray, crop) -> tuple:
+    """One decoded batch of crop ``c`` as candidate columns in image coordinates (see :func:`_candidate_set`)."""
+    x0, y0 = int(crop[0]), int(crop[1])
+    prompt = res.index // res.n_masks
+    shift = np.array([x0, y0, x0, y0], dtype=np.int64)
+    return (
+        np.full(len(res.index), c, dtype=np.int64),
+        res.predicted_iou.astype(np.float32),
+        res.stability.astype(np.float32),
+        res.boxes.astype(np.int64).reshape(-1, 4) + shift,
+        res.areas.astype(np.int64),
+        pts[prompt] + np.array([x0, y0], dtype=np.float64),
+        res.bits,
+    )
+
+
+def _candidate_set(params: AmgParams, image_hw, floors, crop_boxes_xyxy, collected: list) -> CandidateSet:
+    """A :class:`CandidateSet` from the batches' columns (crop index, IoU, stability, boxes, areas, points, bits)."""
     if collected:
         crop_index, iou, stability, mboxes, areas, pts, bits = (np.concatenate(a) for a in zip(*collected))
     else:
@@ -1089,10 +1101,10 @@ def generate_candidates(
     mboxes = mboxes.reshape(-1, 4)
     return CandidateSet(
         params=params,
-        image_shape=(height, width),
-        iou_floor=iou_floor,
-        stability_floor=stability_floor,
-        crop_boxes=np.asarray(boxes, dtype=np.int64).reshape(-1, 4),
+        image_shape=tuple(image_hw),
+        iou_floor=floors[0],
+        stability_floor=floors[1],
+        crop_boxes=np.asarray(crop_boxes_xyxy, dtype=np.int64).reshape(-1, 4),
         crop_index=crop_index,
         predicted_iou=iou,
         stability_score=stability,
