@@ -174,6 +174,111 @@ def _manual_hint(url: str, dest: Path) -> str:
     )
 
 
+def _create_part_file(dest: Path) -> tuple[int, Path]:
+    """Create ``dest``'s folder and a temporary ``<name>.<random>.part`` file beside it: (fd, path)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    except OSError as err:
+        raise ModelUnavailableError(
+            f"Cannot write the model checkpoint to {dest.parent.resolve()} ({err.strerror or err}). "
+            f"Set the environment variable {CACHE_ENV} to a writable folder, or choose a local "
+            "checkpoint file in the widget."
+        ) from err
+    return fd, Path(tmp_name)
+
+
+def _open_url(url: str, dest: Path, timeout: float):
+    """The response of ``urlopen(url)``; a refused or unreachable server is a :class:`ModelUnavailableError`."""
+    try:
+        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed model URLs)
+    except urllib.error.HTTPError as err:
+        raise ModelUnavailableError(
+            f"The server refused the download of {url} (HTTP {err.code} {err.reason}). You can "
+            + _manual_hint(url, dest)
+        ) from err
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", err)
+        raise ModelUnavailableError(
+            f"Could not download {url}: this computer seems to be offline or cannot reach the "
+            f"server ({reason}). You can " + _manual_hint(url, dest)
+        ) from err
+
+
+def _read_block(response, chunk: int, url: str, dest: Path, done: int) -> bytes:
+    """The next ``chunk`` bytes of ``response`` (empty at the end); a dropped connection is an error."""
+    try:
+        return response.read(chunk)
+    except (OSError, http.client.HTTPException) as err:
+        raise ModelUnavailableError(
+            f"The download of {url} was interrupted after {done} bytes ({err!r}); the "
+            "network connection seems to have dropped. Try again, or "
+            + _manual_hint(url, dest)
+        ) from err
+
+
+def _write_block(out, block: bytes, dest: Path) -> None:
+    """Write ``block`` to the ``.part`` file ``out``; a full or failing disk is a :class:`ModelUnavailableError`."""
+    try:
+        out.write(block)
+    except OSError as err:
+        raise ModelUnavailableError(
+            f"Cannot write the model checkpoint to {dest.parent.resolve()} ({err.strerror or err}; "
+            f"is the disk full?). Set the environment variable {CACHE_ENV} to another folder, "
+            "or choose a local checkpoint file in the widget."
+        ) from err
+
+
+def _copy_response(
+    response, out, digest, url: str, dest: Path, size: int | None, chunk: int
+) -> Generator[Progress, None, tuple[int, int]]:
+    """Copy ``response`` into ``out`` and ``digest``, a job yielding bytes done; returns (done, announced length)."""
+    message = f"Downloading {dest.name}"
+    done = 0
+    length = response.headers.get("Content-Length") if response.headers else None
+    announced = int(length) if length and length.isdigit() else 0
+    total = int(size) if size else announced
+    yield Progress(0, total, message)
+    while True:
+        block = _read_block(response, chunk, url, dest, done)
+        if not block:
+            break
+        _write_block(out, block, dest)
+        digest.update(block)
+        done += len(block)
+        yield Progress(done, total, message)
+    return done, announced
+
+
+def _check_download(
+    url: str, dest: Path, done: int, announced: int, size: int | None, hexdigest: str, sha256: str | None
+) -> None:
+    """Raise :class:`ModelUnavailableError` for a download short of its length or size, or a wrong checksum."""
+    if announced and done != announced:
+        raise ModelUnavailableError(
+            f"The download of {url} was interrupted after {done} of {announced} bytes; the network "
+            "connection seems to have dropped. Try again, or " + _manual_hint(url, dest)
+        )
+    if size is not None and done != int(size):
+        raise ModelUnavailableError(
+            f"The download of {url} is incomplete ({done} of {size} bytes). Try again, or "
+            + _manual_hint(url, dest)
+        )
+    if sha256 is not None and hexdigest != sha256.strip().lower():
+        raise ModelUnavailableError(
+            f"The file downloaded from {url} is corrupt (SHA-256 {hexdigest[:12]}… instead of "
+            f"{sha256[:12]}…); it was discarded. Try again, or " + _manual_hint(url, dest)
+        )
+
+
+def _discard(tmp: Path) -> None:
+    """Remove the ``.part`` file ``tmp`` if it is still there."""
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def download_job(
     url: str,
     dest: str | os.PathLike,
@@ -216,87 +321,22 @@ def download_job(
         unwritable folder; the message says where to put the file by hand.
     """
     dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    except OSError as err:
-        raise ModelUnavailableError(
-            f"Cannot write the model checkpoint to {dest.parent.resolve()} ({err.strerror or err}). "
-            f"Set the environment variable {CACHE_ENV} to a writable folder, or choose a local "
-            "checkpoint file in the widget."
-        ) from err
-    tmp = Path(tmp_name)
+    fd, tmp = _create_part_file(dest)
     finished = False
-    message = f"Downloading {dest.name}"
     try:
         digest = hashlib.sha256()
-        done = 0
         with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed model URLs)
-            except urllib.error.HTTPError as err:
-                raise ModelUnavailableError(
-                    f"The server refused the download of {url} (HTTP {err.code} {err.reason}). You can "
-                    + _manual_hint(url, dest)
-                ) from err
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-                reason = getattr(err, "reason", err)
-                raise ModelUnavailableError(
-                    f"Could not download {url}: this computer seems to be offline or cannot reach the "
-                    f"server ({reason}). You can " + _manual_hint(url, dest)
-                ) from err
+            response = _open_url(url, dest, timeout)
             with response:
-                length = response.headers.get("Content-Length") if response.headers else None
-                announced = int(length) if length and length.isdigit() else 0
-                total = int(size) if size else announced
-                yield Progress(0, total, message)
-                while True:
-                    try:
-                        block = response.read(chunk)
-                    except (OSError, http.client.HTTPException) as err:
-                        raise ModelUnavailableError(
-                            f"The download of {url} was interrupted after {done} bytes ({err!r}); the "
-                            "network connection seems to have dropped. Try again, or "
-                            + _manual_hint(url, dest)
-                        ) from err
-                    if not block:
-                        break
-                    try:
-                        out.write(block)
-                    except OSError as err:
-                        raise ModelUnavailableError(
-                            f"Cannot write the model checkpoint to {dest.parent.resolve()} ({err.strerror or err}; "
-                            f"is the disk full?). Set the environment variable {CACHE_ENV} to another folder, "
-                            "or choose a local checkpoint file in the widget."
-                        ) from err
-                    digest.update(block)
-                    done += len(block)
-                    yield Progress(done, total, message)
-        if announced and done != announced:
-            raise ModelUnavailableError(
-                f"The download of {url} was interrupted after {done} of {announced} bytes; the network "
-                "connection seems to have dropped. Try again, or " + _manual_hint(url, dest)
-            )
-        if size is not None and done != int(size):
-            raise ModelUnavailableError(
-                f"The download of {url} is incomplete ({done} of {size} bytes). Try again, or "
-                + _manual_hint(url, dest)
-            )
+                done, announced = yield from _copy_response(response, out, digest, url, dest, size, chunk)
         hexdigest = digest.hexdigest()
-        if sha256 is not None and hexdigest != sha256.strip().lower():
-            raise ModelUnavailableError(
-                f"The file downloaded from {url} is corrupt (SHA-256 {hexdigest[:12]}… instead of "
-                f"{sha256[:12]}…); it was discarded. Try again, or " + _manual_hint(url, dest)
-            )
+        _check_download(url, dest, done, announced, size, hexdigest, sha256)
         os.replace(tmp, dest)
         finished = True
         _remember(dest, hexdigest)
     finally:
         if not finished:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
+            _discard(tmp)
     return dest
 
 
