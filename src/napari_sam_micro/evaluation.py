@@ -34,7 +34,7 @@ from __future__ import annotations
 import csv
 import zlib
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -530,8 +530,29 @@ def evaluate_job(
         An image that cannot be evaluated (damaged file, labels that are not whole numbers, image
         and labels of different sizes …) is skipped and listed in ``"skipped"``; the run goes on.
     """
-    from .models.registry import get_spec, load_model
+    records = _records_to_evaluate(data_dir, prompt_kinds, subset, split, limit, modalities, split_by)
+    model_names = [model_name] + [b for b in baselines if b != "ellipse" and b != model_name]
+    total = len(records) * len(model_names)
+    specs, models, embedding_ids = yield from _load_models(model_names, device, checkpoint, total)
+    settings = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
+                "checkpoint": None if checkpoint is None else str(checkpoint),
+                "min_area": min_area, "seed": seed, "everything_images": everything_images,
+                "limit": limit, "split": split, "split_by": split_by, "split_touching": split_touching}
+    run = _Run(model_names, specs, models, embedding_ids, "ellipse" in baselines, tuple(prompt_kinds), n_clicks,
+               min_area, max_objects, seed, everything, everything_images, amg_params, split_touching)
+    results = _Results(split, settings)
+    done = 0
+    for rec in records:
+        yield from _evaluate_record(run, rec, results, (done, total))
+        done += len(model_names)
+        if on_image is not None:
+            on_image(results.result(run, complete=False))
+    yield Progress(total, total, "done")
+    return results.result(run, complete=True)
 
+
+def _records_to_evaluate(data_dir, prompt_kinds, subset, split, limit, modalities, split_by) -> list[ImageRecord]:
+    """The images of an :func:`evaluate_job` run; :class:`UserInputError` for an unknown prompt kind or no image."""
     for kind in prompt_kinds:
         if kind not in PROMPT_KINDS:
             raise UserInputError(f"Unknown prompt kind '{kind}': use {', '.join(PROMPT_KINDS)}.")
@@ -540,52 +561,23 @@ def evaluate_job(
     )
     if not records:
         raise UserInputError(f"No images to evaluate in {data_dir} (split '{split}').")
-    model_names = [model_name] + [b for b in baselines if b != "ellipse" and b != model_name]
-    with_ellipse = "ellipse" in baselines
-    total = len(records) * len(model_names)
-    done = 0
-    rows: list[dict] = []
-    f1_rows: list[dict] = []
-    n_objects: dict[str, int] = {}
-    amg_done: dict[tuple[str, str], int] = {}
+    return records
+
+
+def _load_models(model_names: list, device, checkpoint, total: int):
+    """Load the models (the first from ``checkpoint`` if given); a job returning ``(specs, models, embedding_ids)``."""
+    from .models.registry import get_spec, load_model
+
+    model_name = model_names[0]
     specs = {name: get_spec(name) for name in model_names}
     models = {}
     embedding_ids = {name: specs[name].embedding_id for name in model_names}
     if checkpoint is not None:
         embedding_ids[model_name] = f"{model_name}|{Path(checkpoint).expanduser().resolve()}"
     for name in model_names:
-        yield Progress(done, total, f"loading {name}")
+        yield Progress(0, total, f"loading {name}")
         models[name] = load_model(name, device=device, checkpoint=checkpoint if name == model_name else None)
-    settings = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
-                "checkpoint": None if checkpoint is None else str(checkpoint),
-                "min_area": min_area, "seed": seed, "everything_images": everything_images,
-                "limit": limit, "split": split, "split_by": split_by, "split_touching": split_touching}
-    run = _Run(model_names, specs, models, embedding_ids, with_ellipse, tuple(prompt_kinds), n_clicks, min_area,
-               max_objects, seed, everything, everything_images, amg_params, split_touching)
-    skipped: list[dict] = []
-
-    def result_so_far(evaluated: list[ImageRecord], complete: bool) -> dict:
-        result = _summarise(model_names, with_ellipse, evaluated, rows, f1_rows, split)
-        result.update(n_objects=dict(n_objects), settings=settings, skipped=list(skipped), complete=complete)
-        return result
-
-    evaluated: list[ImageRecord] = []
-    for rec in records:
-        try:
-            image_rows, image_f1, n_image_objects = yield from _evaluate_image(run, rec, amg_done, (done, total))
-        except UserInputError as err:  # a bad image is reported and skipped, the run goes on
-            skipped.append({"image": rec.key, "error": str(err)})
-            yield Progress(done, total, f"skipped {rec.key}: {err}")
-        else:
-            rows.extend(image_rows)
-            f1_rows.extend(image_f1)
-            n_objects[rec.modality] = n_objects.get(rec.modality, 0) + n_image_objects
-            evaluated.append(rec)
-        done += len(model_names)
-        if on_image is not None:
-            on_image(result_so_far(evaluated, complete=False))
-    yield Progress(total, total, "done")
-    return result_so_far(evaluated, complete=True)
+    return specs, models, embedding_ids
 
 
 @dataclass(frozen=True)
@@ -606,6 +598,46 @@ class _Run:
     everything_images: int | None
     amg_params: object
     split_touching: bool = False
+
+
+@dataclass
+class _Results:
+    """What one :func:`evaluate_job` run has scored so far."""
+
+    split: str
+    settings: dict
+    rows: list = field(default_factory=list)
+    f1_rows: list = field(default_factory=list)
+    n_objects: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    evaluated: list = field(default_factory=list)
+    amg_done: dict = field(default_factory=dict)  # images run in everything mode, by (model, modality)
+
+    def add(self, rec: ImageRecord, rows: list, f1_rows: list, n_objects: int) -> None:
+        """Record one image evaluated to the end."""
+        self.rows.extend(rows)
+        self.f1_rows.extend(f1_rows)
+        self.n_objects[rec.modality] = self.n_objects.get(rec.modality, 0) + n_objects
+        self.evaluated.append(rec)
+
+    def result(self, run: _Run, complete: bool) -> dict:
+        """The result so far, with the keys of :func:`evaluate_job`'s return value."""
+        result = _summarise(run.model_names, run.with_ellipse, self.evaluated, self.rows, self.f1_rows, self.split)
+        result.update(n_objects=dict(self.n_objects), settings=self.settings, skipped=list(self.skipped),
+                      complete=complete)
+        return result
+
+
+def _evaluate_record(run: _Run, rec: ImageRecord, results: _Results, progress: tuple[int, int]):
+    """Score one image into ``results``; a job. An image that cannot be evaluated is reported and skipped."""
+    done, total = progress
+    try:
+        image_rows, image_f1, n_image_objects = yield from _evaluate_image(run, rec, results.amg_done, progress)
+    except UserInputError as err:  # a bad image is reported and skipped, the run goes on
+        results.skipped.append({"image": rec.key, "error": str(err)})
+        yield Progress(done, total, f"skipped {rec.key}: {err}")
+    else:
+        results.add(rec, image_rows, image_f1, n_image_objects)
 
 
 def _evaluate_image(run: _Run, rec: ImageRecord, amg_done: dict, progress: tuple[int, int]):

@@ -232,52 +232,85 @@ def propagate_job(
         One per start mask, in the order given.
     """
     options = options or PropagationOptions()
+    start, leading_shape, axis, masks = _checked_inputs(start, leading_shape, start_masks, options)
+    forward, backward = plane_sequence(start[axis], leading_shape[axis], options.direction, options.first, options.last)
+    objects = _start_objects(masks, start, axis, start_ious or {})
+    session = AnnotationSession(
+        model, cache, preprocess, model_id=model_id or spec.embedding_id, **AnnotationSession.options_for(spec)
+    )
+    total = len(forward) + len(backward)
+    sweep = _Sweep(session, get_plane, start, axis, options)
+    done = 0
+    for name, planes in (("forward", forward), ("backward", backward)):
+        yield from _propagate_direction(sweep, objects, name, planes, (done, total))
+        done = len(forward) if name == "forward" else total
+    yield Progress(total, total, "Propagation done")
+    return objects
+
+
+def _checked_inputs(start, leading_shape, start_masks: dict, options: PropagationOptions):
+    """``(start, leading_shape, axis, masks)`` as ints and bool masks; errors when there is nothing to propagate."""
     start = tuple(int(i) for i in start)
     leading_shape = tuple(int(s) for s in leading_shape)
     if not leading_shape:
-        raise UserInputError("The image has a single plane: there is nothing to propagate to. Open a z-stack or a time-lapse.")
+        raise UserInputError(
+            "The image has a single plane: there is nothing to propagate to. Open a z-stack or a time-lapse."
+        )
     axis = int(options.axis)
     if not 0 <= axis < len(leading_shape) or len(start) != len(leading_shape):
         raise UserInputError(f"Cannot propagate along axis {axis} of an image with {len(leading_shape)} stack axes.")
     masks = {int(k): np.asarray(m, bool) for k, m in start_masks.items()}
     if not masks or not any(m.any() for m in masks.values()):
         raise PromptError("There is no object to propagate: make a preview or choose a committed label first.")
-    forward, backward = plane_sequence(start[axis], leading_shape[axis], options.direction, options.first, options.last)
-    ious = start_ious or {}
+    return start, leading_shape, axis, masks
+
+
+def _start_objects(masks: dict, start: tuple, axis: int, ious: dict) -> list[PropagatedObject]:
+    """One :class:`PropagatedObject` per non-empty start mask, holding only its start plane."""
     objects = []
     for key, mask in masks.items():
         begin = PlaneMask(start, _start_preview(mask, ious.get(key, float("nan"))))
         objects.append(PropagatedObject(key, axis, begin, {start[axis]: begin}))
-    objects = [o for o in objects if o.start.preview.area > 0]
-    session = AnnotationSession(model, cache, preprocess, model_id=model_id or spec.embedding_id, **AnnotationSession.options_for(spec))
-    total = len(forward) + len(backward)
-    done = 0
-    for name, planes in (("forward", forward), ("backward", backward)):
-        previous = {id(o): o.start.preview for o in objects}
-        active = list(objects)
-        for plane in planes:
-            if not active:
-                break
-            index = start[:axis] + (plane,) + start[axis + 1 :]
-            yield Progress(done, total, f"Propagating {name}: plane {plane} ({len(active)} object(s))")
-            session.set_image(get_plane(index))
-            for obj in list(active):
-                prev = previous[id(obj)]
-                out = yield from _decode_next(session, prev, options)
-                reason = stop_reason(prev.area, out.area, out.predicted_iou, options.rules)
-                if reason is not None:
-                    obj.stopped[name] = (plane, reason)
-                    active.remove(obj)
-                    continue
-                obj.planes[plane] = PlaneMask(index, replace(out, kind=PROPAGATED))
-                previous[id(obj)] = obj.planes[plane].preview
-            done += 1
-        for obj in active:
-            if planes:
-                obj.stopped[name] = (planes[-1], STOP_END)
-        done = len(forward) if name == "forward" else total
-    yield Progress(total, total, "Propagation done")
-    return objects
+    return [o for o in objects if o.start.preview.area > 0]
+
+
+@dataclass(frozen=True, eq=False)
+class _Sweep:
+    """What one :func:`propagate_job` run steps its objects through the planes with."""
+
+    session: AnnotationSession
+    get_plane: Callable[[tuple], np.ndarray]
+    start: tuple
+    axis: int
+    options: PropagationOptions
+
+
+def _propagate_direction(sweep: _Sweep, objects: list, name: str, planes: Sequence[int], progress: tuple[int, int]):
+    """Propagate ``objects`` through ``planes`` in direction ``name``; a job recording where each one stops."""
+    done, total = progress
+    start, axis = sweep.start, sweep.axis
+    previous = {id(o): o.start.preview for o in objects}
+    active = list(objects)
+    for plane in planes:
+        if not active:
+            break
+        index = start[:axis] + (plane,) + start[axis + 1 :]
+        yield Progress(done, total, f"Propagating {name}: plane {plane} ({len(active)} object(s))")
+        sweep.session.set_image(sweep.get_plane(index))
+        for obj in list(active):
+            prev = previous[id(obj)]
+            out = yield from _decode_next(sweep.session, prev, sweep.options)
+            reason = stop_reason(prev.area, out.area, out.predicted_iou, sweep.options.rules)
+            if reason is not None:
+                obj.stopped[name] = (plane, reason)
+                active.remove(obj)
+                continue
+            obj.planes[plane] = PlaneMask(index, replace(out, kind=PROPAGATED))
+            previous[id(obj)] = obj.planes[plane].preview
+        done += 1
+    for obj in active:
+        if planes:
+            obj.stopped[name] = (planes[-1], STOP_END)
 
 
 def propagation_commit_plan(
