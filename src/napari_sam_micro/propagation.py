@@ -290,6 +290,7 @@ def _propagate_direction(sweep: _Sweep, objects: list, name: str, planes: Sequen
     done, total = progress
     start, axis = sweep.start, sweep.axis
     previous = {id(o): o.start.preview for o in objects}
+    peak = {id(o): o.start.preview.area for o in objects}  # largest area so far, for the waist rule
     active = list(objects)
     for plane in planes:
         if not active:
@@ -300,13 +301,14 @@ def _propagate_direction(sweep: _Sweep, objects: list, name: str, planes: Sequen
         for obj in list(active):
             prev = previous[id(obj)]
             out = yield from _decode_next(sweep.session, prev, sweep.options)
-            reason = stop_reason(prev.area, out.area, out.predicted_iou, sweep.options.rules)
+            reason = stop_reason(prev.area, out.area, out.predicted_iou, sweep.options.rules, peak[id(obj)])
             if reason is not None:
                 obj.stopped[name] = (plane, reason)
                 active.remove(obj)
                 continue
             obj.planes[plane] = PlaneMask(index, replace(out, kind=PROPAGATED))
             previous[id(obj)] = obj.planes[plane].preview
+            peak[id(obj)] = max(peak[id(obj)], out.area)
         done += 1
     for obj in active:
         if planes:

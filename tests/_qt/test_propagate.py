@@ -106,6 +106,16 @@ def test_the_plane_range_spans_the_stack_and_follows_it(qtbot, disk_test_model):
     assert panel.last_spin.value() == 4 and panel.last_spin.maximum() == 6
 
 
+def test_stop_between_stacked_objects_sets_the_waist_rule(qtbot, disk_test_model):
+    from napari_sam_micro.core.propagation import WAIST_STOP
+
+    viewer, widget, panel = _setup(qtbot, disk_test_model)
+    assert panel.options(1, 3).rules.waist_ratio is None  # off by default (time-lapses)
+    panel.waist_check.setChecked(True)
+    assert panel.options(1, 3).rules.waist_ratio == WAIST_STOP
+    widget.close()
+
+
 def test_a_2d_image_offers_no_planes(qtbot, disk_test_model):
     viewer = ViewerModel()
     viewer.add_image(_stack()[0], name="plane")

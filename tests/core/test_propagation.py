@@ -8,6 +8,7 @@ from napari_sam_micro.core.propagation import (
     STOP_AREA_JUMP,
     STOP_LOW_IOU,
     STOP_VANISHED,
+    STOP_WAIST,
     StopRules,
     next_prompt,
     plane_sequence,
@@ -55,7 +56,7 @@ def test_stop_rules():
     assert stop_reason(100, 120, float("nan"), rules) == STOP_LOW_IOU
     assert stop_reason(100, 201, 0.9, rules) == STOP_AREA_JUMP
     assert stop_reason(100, 49, 0.9, rules) == STOP_AREA_JUMP
-    for bad in ({"min_iou": 1.5}, {"min_area": 0}, {"max_area_ratio": 0.5}, {"box_pad": -1}):
+    for bad in ({"min_iou": 1.5}, {"min_area": 0}, {"max_area_ratio": 0.5}, {"box_pad": -1}, {"waist_ratio": 1.0}):
         with pytest.raises(UserInputError):
             StopRules(**bad)
 
@@ -69,3 +70,11 @@ def test_plane_sequence_directions_and_range():
         plane_sequence(6, 8, "both", 0, 4)
     with pytest.raises(UserInputError):
         plane_sequence(1, 3, "up")
+
+
+def test_waist_rule_stops_where_the_area_grows_again_after_narrowing():
+    rules = StopRules(max_area_ratio=2.0, waist_ratio=0.7)
+    assert stop_reason(60, 80, 0.9, rules, peak_area=100) == STOP_WAIST  # 60 < 0.7 * 100, then growing
+    assert stop_reason(60, 50, 0.9, rules, peak_area=100) is None  # still narrowing: the pole
+    assert stop_reason(80, 90, 0.9, rules, peak_area=100) is None  # 80 is no waist
+    assert stop_reason(60, 80, 0.9, StopRules(max_area_ratio=2.0), peak_area=100) is None  # off by default

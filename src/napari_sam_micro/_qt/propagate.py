@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -37,7 +38,7 @@ from qtpy.QtWidgets import (
 from .._napari.commit import check_writable, commit_items
 from .._napari.layers import plane_data
 from ..core.errors import UserInputError
-from ..core.propagation import StopRules
+from ..core.propagation import WAIST_STOP, StopRules
 from ..models.registry import get_spec
 from ..propagation import PropagationOptions, propagate_job, propagation_commit_plan
 from .workers import start_job
@@ -134,6 +135,12 @@ class PropagatePanel(QGroupBox):
         self.area_spin.setRange(1.0, 100.0)
         self.area_spin.setSingleStep(0.5)
         self.area_spin.setValue(StopRules().max_area_ratio)
+        self.waist_check = QCheckBox("Stop between stacked objects (z)", self)
+        self.waist_check.setToolTip(
+            f"Stop where the object narrows to under {WAIST_STOP:.0%} of its largest area and then widens "
+            "again: the mask has reached the next nucleus above or below (packed nuclei in z look like one "
+            "blob). Leave it off for time-lapses, where a cell may shrink and grow back."
+        )
         self.propagate_button = QPushButton(f"Propagate ({KEY_PROPAGATE})", self)
         self.propagate_button.setToolTip("Segment the object on the neighbouring planes; one Ctrl+Z undoes it all.")
         self.cancel_button = QPushButton("Cancel", self)
@@ -151,6 +158,7 @@ class PropagatePanel(QGroupBox):
         form.addRow("Label id:", self.label_spin)
         form.addRow("Stop if IoU <", self.iou_spin)
         form.addRow("Stop if area ×", self.area_spin)
+        form.addRow(self.waist_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.propagate_button)
         buttons.addWidget(self.cancel_button)
@@ -225,7 +233,10 @@ class PropagatePanel(QGroupBox):
             direction=str(self.direction_combo.currentData()),
             first=int(self.first_spin.value()),
             last=int(self.last_spin.value()),
-            rules=StopRules(min_iou=float(self.iou_spin.value()), max_area_ratio=float(self.area_spin.value())),
+            rules=StopRules(
+                min_iou=float(self.iou_spin.value()), max_area_ratio=float(self.area_spin.value()),
+                waist_ratio=WAIST_STOP if self.waist_check.isChecked() else None,
+            ),
         )
 
     def is_busy(self) -> bool:
