@@ -41,11 +41,14 @@ def find_everything_layer(viewer, image_name: str, shape: tuple[int, ...]) -> La
 def _max_outside(data: np.ndarray, region: tuple) -> int:
     """Largest id of ``data`` outside ``data[region]`` (0 when the region is all of it)."""
     data = np.asarray(data)
-    if all(isinstance(r, slice) and r == slice(None) for r in region):
+    lead = data.shape[: len(region)]
+    outside = np.ones(lead, bool)
+    outside[region] = False
+    if not outside.any() or data.size == 0:
         return 0
-    rest = data.copy()
-    rest[region] = 0
-    return int(rest.max()) if rest.size else 0
+    # one max per leading-axes plane (a view, no copy of the layer: this runs on every re-filter)
+    per_plane = data.reshape(*lead, -1).max(axis=-1)
+    return int(per_plane[outside].max())
 
 
 def write_plane_labels(layer: Labels, index: tuple[int, ...], labels: np.ndarray, table: dict) -> np.ndarray:
