@@ -45,12 +45,13 @@ def test_refine_report_on_synthetic_set_runs_every_degradation(tmp_path, disk_te
 
 
 def test_refining_eroded_dsb_labels_raises_mean_iou(shared_data):
-    """Two held-out DSB fluorescence images, each object eroded by a quarter of its radius.
+    """The first held-out DSB fluorescence image, each object eroded by a quarter of its radius.
 
-    Bar: +0.10 mean best-match IoU with the default prompt (box + interior click). Measured on the
-    first held-out image: 0.571 before, 0.78-0.80 after (docs/models.md); a refinement that misplaces
-    masks or ignores the objects gains nothing, so half the measured gain still separates working
-    from broken with room for image-to-image spread on two images.
+    Bar: +0.10 mean best-match IoU with the default prompt (box + interior click). Measured on this
+    image: 0.571 before, 0.78-0.80 after (docs/models.md); a refinement that misplaces masks or
+    ignores the objects gains nothing, so half the measured gain separates working from broken.
+    One image keeps the test under a minute on a 2-core CPU; the report over more images and
+    degradations is in docs/models.md.
     """
     from napari_sam_micro.evaluation import select_records
     from napari_sam_micro.models.registry import available_models, get_spec, load_model
@@ -59,8 +60,8 @@ def test_refining_eroded_dsb_labels_raises_mean_iou(shared_data):
 
     if "micro-tiny" not in available_models():
         pytest.skip("micro-tiny weights are not shipped in this checkout")
-    records = [r for r in select_records(shared_data, "val", modalities=["fluorescence"]) if r.dataset.startswith("dsb")][:2]
-    if len(records) < 2:
+    records = [r for r in select_records(shared_data, "val", modalities=["fluorescence"]) if r.dataset.startswith("dsb")][:1]
+    if not records:
         pytest.skip("the DSB validation images are not in ../shared/data")
     result = drain(refine_report_job(load_model("micro-tiny"), get_spec("micro-tiny"), records, degradations=("erode",)))
     assert result["after"][DEFAULT_STRATEGY]["erode"] >= result["before"]["erode"] + 0.10, result

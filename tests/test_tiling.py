@@ -88,11 +88,12 @@ def test_multiscale_segments_full_resolution():
     assert needs_tiling((2048, 100), tile=1024) and not needs_tiling((1024, 1024), tile=1024)
 
 
-def _dsb_mosaic(shared_data: Path, n_side: int = 2, instances=(8, 16)):
+def _dsb_mosaic(shared_data: Path, n_side: int = 2, instances=(5, 6)):
     """``n_side`` x ``n_side`` fluorescence DSB images of 256 x 256 with ``instances`` nuclei each, side by side.
 
-    Moderately filled images keep the test's cost (about two windows encoded per object, twice)
-    to a couple of minutes; crowded ones (80 nuclei) made it take a quarter of an hour.
+    Sparse images keep the test's cost (about two windows encoded per object, twice) under three
+    minutes on a 2-core CPU without bf16; 8-16 nuclei each took six, crowded ones (80 nuclei) a
+    quarter of an hour.
     """
     import tifffile
 
@@ -113,7 +114,8 @@ def test_micro_tiny_mosaic_tiled_matches_untiled(shared_data):
     """A 512 x 512 mosaic of four DSB images: tiled (4 tiles of 256 + halo) vs one plane.
 
     Bar: F1 between the two ≥ 0.95, and no object split at a tile's core border. Measured
-    2026-12-02: 45 objects, F1 0.957; the one difference is a nucleus cut by the image's top edge,
+    2026-12-03 on images of 5-6 nuclei: 17 objects, F1 1.0 (168 s). On images of 8-16 nuclei
+    (2026-12-02, 352 s): 45 objects, F1 0.957; the one difference is a nucleus cut by the image's top edge,
     inside one tile (not at a tile border), found whole untiled and in three pieces tiled (each
     tile estimates its own object scale, so its windows differ). Before the tiles shared the
     plane's foreground threshold, F1 was 0.897 (the dim field's tile lost seeds). The issue's
@@ -132,7 +134,7 @@ def test_micro_tiny_mosaic_tiled_matches_untiled(shared_data):
     tiled = np.asarray(drain(tiled_everything_job(model, mosaic, spec, tile=256, halo=64)).labels)
     scores = instance_scores(whole, tiled)
     print({k: scores[k] for k in ("n_gt", "n_pred", "f1")})
-    assert scores["n_gt"] > 25 and scores["f1"] >= 0.95
+    assert scores["n_gt"] > 12 and scores["f1"] >= 0.95
     # no object split at the core borders (rows / cols 256): an untiled object crossing one is one
     # tiled object (its tiled pixels all carry one id)
     src, dst, _ = match_overlaps(whole, tiled, 0.0, "a")
