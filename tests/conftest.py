@@ -38,6 +38,20 @@ def _private_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_SAM_MICRO_SETTINGS", str(tmp_path / "settings.json"))
 
 
+@pytest.fixture(autouse=True)
+def _thread_budget_kept():
+    """Tests that start a Dask ``LocalCluster`` themselves would leave ``OMP_NUM_THREADS=1`` (set by
+    distributed's nanny) in this process: every model loaded by a later test would run on one thread."""
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    saved = {key: os.environ.get(key) for key in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip real-viewer tests (marker ``viewer``) when there is no screen (no DISPLAY)."""
     if os.environ.get("DISPLAY"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -151,6 +152,26 @@ def test_two_worker_local_cluster_gives_identical_outputs(tmp_path, disk_test_mo
         assert (tmp_path / "remote" / name.replace(".tif", ".csv")).read_text() == (tmp_path / "local" / name.replace(".tif", ".csv")).read_text()
 
 
+def _encoder_threads() -> int:
+    from napari_sam_micro.models.onnx_encoder import physical_cores
+
+    return physical_cores()
+
+
+def test_encoder_threads_honour_omp_num_threads(monkeypatch):
+    """A worker's thread budget (``OMP_NUM_THREADS``) caps the runtimes' intra-op threads."""
+    from napari_sam_micro.models.onnx_encoder import physical_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = physical_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert physical_cores() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))
+    assert physical_cores() == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert physical_cores() == cores
+
+
 @pytest.mark.slow
 def test_local_cluster_threads_follow_the_cores(monkeypatch):
     distributed = pytest.importorskip("distributed")
@@ -162,8 +183,11 @@ def test_local_cluster_threads_follow_the_cores(monkeypatch):
     cluster = scaleout._local_cluster(2)
     try:
         with distributed.Client(cluster) as client:
-            assert sorted(client.nthreads().values()) == [2, 2]
+            # one task at a time per worker; its encoder gets the worker's share of the cores
+            assert sorted(client.nthreads().values()) == [1, 1]
             assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"2"}
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+            assert set(client.run(_encoder_threads).values()) == {min(2, _encoder_threads())}
     finally:
         cluster.close()
 
@@ -244,3 +268,14 @@ def test_segment_geojson_boxes_of_dsb_nuclei_with_micro_tiny(tmp_path, shared_da
     reference = np.where(np.isin(truth, ids), truth, 0)
     scores = instance_scores(reference, labels)
     assert scores["f1"] >= 0.9 and scores["mean_matched_iou"] > 0.75, scores
+
+
+@pytest.mark.slow
+def test_a_cluster_run_leaves_this_process_thread_budget_alone(tmp_path, disk_test_model, monkeypatch):
+    """Starting the workers must not leave OMP_NUM_THREADS=1 here: models loaded afterwards keep their threads."""
+    pytest.importorskip("distributed")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    src = _folder(tmp_path)
+    settings = BatchSettings("disk-test")
+    drain(run_batch_job([str(src / "a.tif")], tmp_path / "out", settings, workers=1))
+    assert "OMP_NUM_THREADS" not in os.environ

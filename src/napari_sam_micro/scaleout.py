@@ -9,8 +9,8 @@ disk and writes the outputs, so a large image is spread over all workers. Each w
 loads the model once (a per-process :class:`~napari_sam_micro.models.registry.ModelStore`) and
 keeps it for all its tasks.
 
-* ``workers=N``: a ``dask.distributed.LocalCluster`` of N worker processes, each with
-  ``cores // N`` threads (the encoder's thread count is set to match), started and closed here.
+* ``workers=N``: a ``dask.distributed.LocalCluster`` of N worker processes, each running one task
+  at a time with its encoder on ``cores // N`` threads (``OMP_NUM_THREADS``), started and closed here.
 * ``scheduler=ADDRESS``: an existing cluster (e.g. dask-jobqueue's ``SLURMCluster``, see
   docs/batch.md); its workers need napari-sam-micro installed and the files reachable at the same
   paths.
@@ -91,15 +91,29 @@ def run_batch_job(items, out_dir, settings: BatchSettings, *, workers: int = 0, 
     return _summary(results, settings, time.perf_counter() - start)
 
 
+#: Thread budgets that starting Dask workers writes into this (the client's) process environment too.
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _restore_thread_env(saved: dict) -> None:
+    """Put back the client's thread budgets: distributed's nanny sets them to 1 in ``os.environ`` when it
+    spawns workers, which would leave every model loaded later in this process on one thread."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _local_cluster(workers: int):
     from distributed import LocalCluster
 
     threads = max(1, (os.cpu_count() or 1) // int(workers))
-    # The nanny sets OMP_NUM_THREADS=1 by default; the encoder should use the worker's cores.
+    # One task at a time per worker, its encoder on the worker's share of the cores (the runtimes read
+    # OMP_NUM_THREADS, see models.onnx_encoder.physical_cores; the nanny would set 1). Two tasks per
+    # worker, each with the worker's threads, ran 4 threads on 2 cores: 2 workers were 0.94 x 1 worker.
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    return LocalCluster(
-        n_workers=int(workers), threads_per_worker=threads, processes=True, dashboard_address=None, env=env
-    )
+    return LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None, env=env)
 
 
 def _cluster_job(paths, out_dir, settings, workers, scheduler, report) -> Job[dict]:
@@ -109,7 +123,9 @@ def _cluster_job(paths, out_dir, settings, workers, scheduler, report) -> Job[di
         from .core.errors import UserInputError
 
         raise UserInputError("--workers / --scheduler need dask distributed: pip install 'napari-sam-micro[batch]'.") from err
+    saved_env = {key: os.environ.get(key) for key in _THREAD_ENV}
     cluster = None if scheduler else _local_cluster(workers)
+    _restore_thread_env(saved_env)
     found: dict[int, dict] = {}
     try:
         with Client(scheduler or cluster) as client:
@@ -131,6 +147,7 @@ def _cluster_job(paths, out_dir, settings, workers, scheduler, report) -> Job[di
     finally:
         if cluster is not None:
             cluster.close()
+        _restore_thread_env(saved_env)
     return found
 
 

@@ -267,15 +267,23 @@ def ensure_onnx_encoder(module, encoder_id: str, example_shape=(1, 3, 256, 256),
 
 
 def physical_cores() -> int:
-    """Physical CPU cores usable by this process (0 when unknown: ONNX Runtime then picks its default)."""
+    """Compute threads for the runtimes: physical CPU cores usable by this process, at most ``OMP_NUM_THREADS``.
+
+    0 when unknown (the runtime then picks its default). ``OMP_NUM_THREADS`` (the thread budget
+    that PyTorch and NumPy's BLAS honour too) caps it: a worker of ``segment --workers N`` gets
+    ``cores // N`` so that N workers do not run N x cores threads on the machine's cores.
+    """
     try:
         import psutil
 
         cores = psutil.cpu_count(logical=False) or 0
     except ImportError:
-        return 0
+        cores = 0
     if hasattr(os, "sched_getaffinity"):
         cores = min(cores, len(os.sched_getaffinity(0))) if cores else len(os.sched_getaffinity(0))
+    budget = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if budget.isdigit() and int(budget) > 0:
+        cores = min(cores, int(budget)) if cores else int(budget)
     return int(cores)
 
 
