@@ -113,8 +113,9 @@ def _dsb_mosaic(shared_data: Path, n_side: int = 2, instances=(5, 6)):
 def test_micro_tiny_mosaic_tiled_matches_untiled(shared_data):
     """A 512 x 512 mosaic of four DSB images: tiled (4 tiles of 256 + halo) vs one plane.
 
-    Bar: F1 between the two ≥ 0.95, and no object split at a tile's core border. Measured
-    2026-12-03 on images of 5-6 nuclei: 17 objects, F1 1.0 (168 s). On images of 8-16 nuclei
+    Bar: F1 between the two ≥ 0.98 (the issue's; with 17 objects any one difference fails it),
+    and no object split at a tile's core border. Measured 2026-12-03 on images of 5-6 nuclei:
+    17 objects, F1 1.0 (168 s). On images of 8-16 nuclei
     (2026-12-02, 352 s): 45 objects, F1 0.957; the one difference is a nucleus cut by the image's top edge,
     inside one tile (not at a tile border), found whole untiled and in three pieces tiled (each
     tile estimates its own object scale, so its windows differ). Before the tiles shared the
@@ -134,7 +135,7 @@ def test_micro_tiny_mosaic_tiled_matches_untiled(shared_data):
     tiled = np.asarray(drain(tiled_everything_job(model, mosaic, spec, tile=256, halo=64)).labels)
     scores = instance_scores(whole, tiled)
     print({k: scores[k] for k in ("n_gt", "n_pred", "f1")})
-    assert scores["n_gt"] > 12 and scores["f1"] >= 0.95
+    assert scores["n_gt"] > 12 and scores["f1"] >= 0.98
     # no object split at the core borders (rows / cols 256): an untiled object crossing one is one
     # tiled object (its tiled pixels all carry one id)
     src, dst, _ = match_overlaps(whole, tiled, 0.0, "a")
