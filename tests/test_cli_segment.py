@@ -158,17 +158,20 @@ def _encoder_threads() -> int:
     return physical_cores()
 
 
-def test_encoder_threads_honour_omp_num_threads(monkeypatch):
-    """A worker's thread budget (``OMP_NUM_THREADS``) caps the runtimes' intra-op threads."""
-    from napari_sam_micro.models.onnx_encoder import physical_cores
+def test_encoder_threads_honour_the_thread_budget(monkeypatch):
+    """A worker's thread budget (``NAPARI_SAM_MICRO_THREADS``) caps the runtimes' intra-op threads;
+    ``OMP_NUM_THREADS`` (which Dask's nanny writes into the client process) does not."""
+    from napari_sam_micro.models.onnx_encoder import THREADS_ENV, physical_cores
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
     cores = physical_cores()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert physical_cores() == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))
     assert physical_cores() == cores
-    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    monkeypatch.setenv(THREADS_ENV, "1")
+    assert physical_cores() == 1
+    monkeypatch.setenv(THREADS_ENV, str(cores + 8))
+    assert physical_cores() == cores
+    monkeypatch.setenv(THREADS_ENV, "not a number")
     assert physical_cores() == cores
 
 
@@ -186,7 +189,7 @@ def test_local_cluster_threads_follow_the_cores(monkeypatch):
             # one task at a time per worker; its encoder gets the worker's share of the cores
             assert sorted(client.nthreads().values()) == [1, 1]
             assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"2"}
-            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+            monkeypatch.delenv("NAPARI_SAM_MICRO_THREADS", raising=False)
             assert set(client.run(_encoder_threads).values()) == {min(2, _encoder_threads())}
     finally:
         cluster.close()

@@ -10,7 +10,7 @@ loads the model once (a per-process :class:`~napari_sam_micro.models.registry.Mo
 keeps it for all its tasks.
 
 * ``workers=N``: a ``dask.distributed.LocalCluster`` of N worker processes, each running one task
-  at a time with its encoder on ``cores // N`` threads (``OMP_NUM_THREADS``), started and closed here.
+  at a time with its encoder on ``cores // N`` threads (``NAPARI_SAM_MICRO_THREADS``), started and closed here.
 * ``scheduler=ADDRESS``: an existing cluster (e.g. dask-jobqueue's ``SLURMCluster``, see
   docs/batch.md); its workers need napari-sam-micro installed and the files reachable at the same
   paths.
@@ -110,9 +110,10 @@ def _local_cluster(workers: int):
 
     threads = max(1, (os.cpu_count() or 1) // int(workers))
     # One task at a time per worker, its encoder on the worker's share of the cores (the runtimes read
-    # OMP_NUM_THREADS, see models.onnx_encoder.physical_cores; the nanny would set 1). Two tasks per
-    # worker, each with the worker's threads, ran 4 threads on 2 cores: 2 workers were 0.94 x 1 worker.
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # NAPARI_SAM_MICRO_THREADS, see models.onnx_encoder.physical_cores; torch and BLAS read OMP / MKL,
+    # which the nanny would set to 1). Two tasks per worker, each with all the cores' threads, ran 4
+    # threads on 2 cores.
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "NAPARI_SAM_MICRO_THREADS": str(threads)}
     return LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None, env=env)
 
 

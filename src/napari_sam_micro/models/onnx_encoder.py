@@ -266,12 +266,18 @@ def ensure_onnx_encoder(module, encoder_id: str, example_shape=(1, 3, 256, 256),
         return export_encoder(module, path, example_shape, meta={"encoder_id": encoder_id, "weights_sha256": digest})
 
 
-def physical_cores() -> int:
-    """Compute threads for the runtimes: physical CPU cores usable by this process, at most ``OMP_NUM_THREADS``.
+#: Environment variable capping the runtimes' threads (set by ``segment --workers N`` for its workers).
+THREADS_ENV = "NAPARI_SAM_MICRO_THREADS"
 
-    0 when unknown (the runtime then picks its default). ``OMP_NUM_THREADS`` (the thread budget
-    that PyTorch and NumPy's BLAS honour too) caps it: a worker of ``segment --workers N`` gets
-    ``cores // N`` so that N workers do not run N x cores threads on the machine's cores.
+
+def physical_cores() -> int:
+    """Compute threads for the runtimes: physical CPU cores usable by this process, at most :data:`THREADS_ENV`.
+
+    0 when unknown (the runtime then picks its default). ``NAPARI_SAM_MICRO_THREADS`` caps it: a
+    worker of ``segment --workers N`` gets ``cores // N`` so that N workers do not run N x cores
+    threads on the machine's cores. Our own variable rather than ``OMP_NUM_THREADS``: Dask's nanny
+    writes ``OMP_NUM_THREADS=1`` into the environment of the process that starts workers, which
+    would leave that process's later models on one thread.
     """
     try:
         import psutil
@@ -281,7 +287,7 @@ def physical_cores() -> int:
         cores = 0
     if hasattr(os, "sched_getaffinity"):
         cores = min(cores, len(os.sched_getaffinity(0))) if cores else len(os.sched_getaffinity(0))
-    budget = os.environ.get("OMP_NUM_THREADS", "").strip()
+    budget = os.environ.get(THREADS_ENV, "").strip()
     if budget.isdigit() and int(budget) > 0:
         cores = min(cores, int(budget)) if cores else int(budget)
     return int(cores)
