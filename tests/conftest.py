@@ -41,15 +41,13 @@ def _private_settings(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _thread_budget_kept():
     """Tests that start a Dask ``LocalCluster`` themselves would leave ``OMP_NUM_THREADS=1`` (set by
-    distributed's nanny) in this process: every model loaded by a later test would run on one thread."""
-    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    saved = {key: os.environ.get(key) for key in keys}
+    distributed's nanny) in this process: processes a later test starts (the tutorial's kernel, the
+    memory benchmark's child) would run PyTorch and BLAS on one thread."""
+    from napari_sam_micro.scaleout import restore_thread_env, thread_env
+
+    saved = thread_env()
     yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    restore_thread_env(saved)
 
 
 def pytest_collection_modifyitems(config, items):

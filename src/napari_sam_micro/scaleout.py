@@ -28,7 +28,7 @@ from pathlib import Path
 from .batch import BatchSettings, discover_inputs, is_large, open_input, run_one, run_one_job, segment_tile_task
 from .core.progress import Job, Progress
 
-__all__ = ["run_batch_job", "TASK_RETRIES"]
+__all__ = ["run_batch_job", "TASK_RETRIES", "THREAD_ENV", "thread_env", "restore_thread_env"]
 
 #: Retries of a task that raised (e.g. its worker died) before it is reported as failed.
 TASK_RETRIES = 1
@@ -92,12 +92,18 @@ def run_batch_job(items, out_dir, settings: BatchSettings, *, workers: int = 0, 
 
 
 #: Thread budgets that starting Dask workers writes into this (the client's) process environment too.
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _restore_thread_env(saved: dict) -> None:
-    """Put back the client's thread budgets: distributed's nanny sets them to 1 in ``os.environ`` when it
-    spawns workers, which would leave every model loaded later in this process on one thread."""
+def thread_env() -> dict:
+    """This process's :data:`THREAD_ENV` values (None where unset), for :func:`restore_thread_env`."""
+    return {key: os.environ.get(key) for key in THREAD_ENV}
+
+
+def restore_thread_env(saved: dict) -> None:
+    """Put back thread budgets saved by :func:`thread_env`: distributed's nanny sets them to 1 in
+    ``os.environ`` when it spawns workers, which would leave processes started later from here
+    (and libraries that read them when first loaded) on one thread."""
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -124,9 +130,9 @@ def _cluster_job(paths, out_dir, settings, workers, scheduler, report) -> Job[di
         from .core.errors import UserInputError
 
         raise UserInputError("--workers / --scheduler need dask distributed: pip install 'napari-sam-micro[batch]'.") from err
-    saved_env = {key: os.environ.get(key) for key in _THREAD_ENV}
+    saved_env = thread_env()
     cluster = None if scheduler else _local_cluster(workers)
-    _restore_thread_env(saved_env)
+    restore_thread_env(saved_env)
     found: dict[int, dict] = {}
     try:
         with Client(scheduler or cluster) as client:
@@ -148,7 +154,7 @@ def _cluster_job(paths, out_dir, settings, workers, scheduler, report) -> Job[di
     finally:
         if cluster is not None:
             cluster.close()
-        _restore_thread_env(saved_env)
+        restore_thread_env(saved_env)
     return found
 
 
