@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,12 @@ class DiskModel:
 
 
 @pytest.fixture
+def counted_plane():
+    """The :class:`CountedPlane` class: a lazy plane that records which chunks were read."""
+    return CountedPlane
+
+
+@pytest.fixture
 def call_recorder():
     """The :class:`CallRecorder` class."""
     return CallRecorder
@@ -202,3 +209,33 @@ def wide_disk_model():
                                           builder=lambda checkpoint, device: DiskModel(radius=20)))
     yield registry.get_spec("wide-disk")
     registry.unregister("wide-disk")
+
+
+class CountedPlane:
+    """A lazy ``side`` x ``side`` uint16 dask plane: bright discs (radius 10) at ``discs`` (row, col) on a flat
+    background, in ``chunk``-sided chunks that record when they are computed (``reads``)."""
+
+    def __init__(self, side: int, chunk: int, discs):
+        self.reads: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+        self.discs = discs
+        n = side // chunk
+        self.chunks = n * n
+        import dask.array as da
+
+        self.array = da.map_blocks(self._block, chunks=((chunk,) * n, (chunk,) * n), dtype=np.uint16)
+
+    def _block(self, block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        with self._lock:
+            self.reads.append((y0, x0))
+        out = np.full((y1 - y0, x1 - x0), 100, np.uint16)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        for cy, cx in self.discs:
+            if y0 - 12 <= cy < y1 + 12 and x0 - 12 <= cx < x1 + 12:
+                out[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = 1000
+        return out
+
+    @property
+    def distinct(self) -> int:
+        return len(set(self.reads))

@@ -22,10 +22,11 @@ import numpy as np
 
 from .core.cache import EmbeddingCache, content_digest, embedding_key
 from .core.errors import ImageError
+from .core.large_planes import block_sample, is_large_plane, large_plane_digest, read_window, region_around
 from .core.memory import ENCODE_BYTES_PER_PIXEL, PEAK_BYTES_PER_PIXEL, PEAK_BYTES_PER_PIXEL_COLOUR, check_memory
 from .core.model_api import Embedding, PromptableModel
 from .core.object_size import click_diameter, click_neighbourhood, object_polarity, typical_diameter
-from .core.preprocess import PlaneNormalizer, PreprocessConfig, to_rgb
+from .core.preprocess import PlaneNormalizer, PreprocessConfig, measure_value_ranges, to_rgb
 from .core.progress import Job, Progress
 from .core.windows import Window
 
@@ -59,9 +60,13 @@ class PlaneEmbeddings:
         self.measure_scale = bool(measure_scale)
         self.plane: np.ndarray | None = None
         self.digest: str | None = None
+        self.large = False  # read window by window (core.large_planes): never the whole plane
+        # a large plane's preprocessing with the value ranges measured on its sample; None: each window its own
+        self._stretch: PreprocessConfig | None = None
+        self._window_digests: dict[tuple, str] = {}
         self.generation = 0
         self._normalized: tuple[int, PlaneNormalizer] | None = None
-        self._scale: tuple[int, tuple[float, float | None]] | None = None  # (generation, object_scale())
+        self._scale: tuple[tuple, tuple[float, float | None]] | None = None  # ((generation, region), object_scale())
         self._windows: dict[str, dict[Window, None]] = {}  # plane key -> windows encoded for it
         self._object_windows: tuple[int, list] | None = None  # (generation, pre-encoding plan)
         self._plan_lock = threading.Lock()
@@ -72,13 +77,33 @@ class PlaneEmbeddings:
         with self.lock:
             self.generation += 1
             self._normalized = None
+            self._window_digests = {}
 
-    def set_plane(self, plane: np.ndarray | None, preprocess: PreprocessConfig) -> bool:
-        """Make ``plane`` current (None forgets it); False when content and preprocessing are unchanged."""
-        digest = None if plane is None else content_digest(plane)
-        if plane is not None and digest == self.digest and preprocess == self.preprocess and self.plane is not None:
+    def set_plane(self, plane, preprocess: PreprocessConfig) -> bool:
+        """Make ``plane`` current (None forgets it); False when content and preprocessing are unchanged.
+
+        A plane of more than :data:`~napari_sam_micro.core.large_planes.LARGE_PLANE_PIXELS` is kept
+        as given (numpy, dask, zarr …) and only ever read window by window; a smaller one is read
+        into memory.
+        """
+        large = plane is not None and is_large_plane(plane.shape[:2])
+        stretch = None
+        if plane is None:
+            digest = None
+        elif large:
+            sample = block_sample(plane)
+            digest = large_plane_digest(plane, sample)
+            stretch = measure_value_ranges(sample, preprocess, sample)
+            if any(hi <= lo for lo, hi in stretch.value_ranges or ()):
+                stretch = None  # the sample is flat (e.g. all background): windows are stretched on their own
+        else:
+            plane = np.asarray(plane)
+            digest = content_digest(plane)
+        same = digest == self.digest and (not large or _same_array(plane, self.plane))
+        if plane is not None and same and preprocess == self.preprocess and self.plane is not None:
             return False
         self.plane, self.digest, self.preprocess = plane, digest, preprocess
+        self.large, self._stretch = large, stretch
         self.bump()
         return True
 
@@ -94,7 +119,18 @@ class PlaneEmbeddings:
         if self.digest is None:
             raise ImageError("No image plane is set.")
         extra = "" if window is None else "crop=" + ",".join(str(int(v)) for v in window)
+        if self.large and window is not None:
+            extra += ";pixels=" + self._window_digest(window)
         return embedding_key(self.digest, self.model_id, self.preprocess.key(), extra)
+
+    def _window_digest(self, window: Window) -> str:
+        """Digest of a large plane's raw pixels in ``window`` (read once per generation)."""
+        window = tuple(int(v) for v in window)
+        digest = self._window_digests.get(window)
+        if digest is None:
+            digest = content_digest(read_window(self.plane, window))
+            self._window_digests[window] = digest
+        return digest
 
     def is_cached(self, window: Window | None = None) -> bool:
         """Whether the (crop) embedding of the current plane is in the cache."""
@@ -116,7 +152,7 @@ class PlaneEmbeddings:
             return cached[1]
         if plane is None:
             raise ImageError("No image plane is set.")
-        normalizer = PlaneNormalizer(plane, config)
+        normalizer = PlaneNormalizer(plane, self._stretch if self.large else config)
         with self.lock:
             if self.generation == gen:
                 self._normalized = (gen, normalizer)
@@ -128,16 +164,52 @@ class PlaneEmbeddings:
         ``(H, W)`` float32 for grey planes, else ``(H, W, 3)``; refused (:func:`check_memory`) when
         annotating the plane would not fit in the free memory.
         """
+        if self.large:
+            h, w = self.hw
+            raise ImageError(
+                f"This plane ({w} × {h} pixels) is too large to process in one piece. Annotate it with boxes and "
+                "clicks, or segment it with the everything mode, which works in tiles."
+            )
         normalizer = self.normalizer(generation)
         check_memory(normalizer.hw, PEAK_BYTES_PER_PIXEL if normalizer.grey else PEAK_BYTES_PER_PIXEL_COLOUR)
         return normalizer.crop()
 
+    def region_image(self, centre_rc=None, generation: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """The normalised plane, or for a large plane the region around ``centre_rc`` (row, col).
+
+        Returns
+        -------
+        image : (h, w) or (h, w, 3) float32
+        offset : (row, col)
+            Of the image's first pixel in the plane.
+        """
+        if not self.large:
+            return self.normalized_plane(generation), (0, 0)
+        region = region_around(self.hw, centre_rc)
+        return self.normalized_window(region, generation), (region[0], region[2])
+
+    def normalized_window(self, window: Window, generation: int | None = None) -> np.ndarray:
+        """``(h, w)`` or ``(h, w, 3)`` float32: the plane's ``window`` normalised (as a crop of the normalised plane).
+
+        On a large plane whose sample had no contrast, the window is stretched on its own pixels.
+        """
+        if self.large and self._stretch is None:
+            return PlaneNormalizer(read_window(self.plane, window), self.preprocess).crop()
+        return self.normalizer(generation).crop(window)
+
     def crop(self, window: Window | None, generation: int) -> np.ndarray:
         """The encoder's ``(h, w, 3)`` float32 input: the window normalised on its own, or the whole plane."""
+        if window is not None:
+            return to_rgb(self.normalized_window(window, generation))
+        if self.large:
+            h, w = self.hw
+            raise ImageError(
+                f"This plane ({w} × {h} pixels) is read window by window; {self.model.name} encodes whole "
+                "images. Choose a model that segments around each prompt (micro-tiny, LiteMedSAM) or crop the image."
+            )
         normalizer = self.normalizer(generation)
-        if window is None:
-            check_memory(normalizer.hw, ENCODE_BYTES_PER_PIXEL)
-        return to_rgb(normalizer.crop(window))
+        check_memory(normalizer.hw, ENCODE_BYTES_PER_PIXEL)
+        return to_rgb(normalizer.crop())
 
     # -- encoding ------------------------------------------------------------------------------
     def embedding_job(self, window: Window | None = None) -> Job[Embedding]:
@@ -227,32 +299,44 @@ class PlaneEmbeddings:
                 self._object_windows = (generation, planned)
         return planned
 
-    def object_scale(self, generation: int | None = None) -> tuple[float, float | None]:
+    def object_scale(self, generation: int | None = None, centre_rc=None) -> tuple[float, float | None]:
         """``(polarity, typical diameter or None)`` of the plane's objects (once per generation).
 
-        See :func:`~napari_sam_micro.core.object_size.object_polarity` and
+        Measured on the whole plane, or on a large plane in the region around ``centre_rc``
+        (:meth:`region_image`; once per region). See
+        :func:`~napari_sam_micro.core.object_size.object_polarity` and
         :func:`~napari_sam_micro.core.object_size.typical_diameter`.
         """
         gen = self.generation if generation is None else generation
+        where = (gen, region_around(self.hw, centre_rc) if self.large else None)
         cached = self._scale
-        if cached is not None and cached[0] == gen:
+        if cached is not None and cached[0] == where:
             return cached[1]
-        image = self.normalized_plane(gen)
+        image, _ = self.region_image(centre_rc, gen)
         polarity = object_polarity(image)
         value = (polarity, typical_diameter(image, polarity))
         with self.lock:
             if self.generation == gen:
-                self._scale = (gen, value)
+                self._scale = (where, value)
         return value
 
     def click_diameter(self, x: float, y: float) -> float:
         """Object diameter (pixels) estimated under a click at ``(x, y)``, kept near the plane's typical one."""
-        polarity, typical = self.object_scale()
-        # only the neighbourhood the estimate reads is normalised (same result as on the whole plane)
         h, w = self.hw
         r, c = int(np.clip(round(float(y)), 0, h - 1)), int(np.clip(round(float(x)), 0, w - 1))
+        polarity, typical = self.object_scale(centre_rc=(r, c))
+        # only the neighbourhood the estimate reads is normalised (same result as on the whole plane)
         y0, y1, x0, x1 = click_neighbourhood((h, w), r, c)
-        diameter = click_diameter(self.normalizer().crop((y0, y1, x0, x1)), r - y0, c - x0, polarity)
+        diameter = click_diameter(self.normalized_window((y0, y1, x0, x1)), r - y0, c - x0, polarity)
         if typical is not None:
             diameter = float(np.clip(diameter, typical / 2.0, typical * 2.0))
         return diameter
+
+
+def _same_array(a, b) -> bool:
+    """Whether two lazy planes are one array (the same object, or dask arrays of one graph): their
+    digest covers a sample only, so equal digests alone do not make them the same plane."""
+    if a is b:
+        return True
+    name = getattr(a, "name", None)
+    return isinstance(name, str) and name == getattr(b, "name", None)

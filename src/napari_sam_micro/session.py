@@ -233,6 +233,11 @@ class AnnotationSession:
         return self._planes.plane is not None
 
     @property
+    def large_plane(self) -> bool:
+        """Whether the plane is read window by window (:mod:`~napari_sam_micro.core.large_planes`): no whole-plane embedding."""
+        return self._planes.plane is not None and self._planes.large
+
+    @property
     def image_hw(self) -> tuple[int, int]:
         """``(H, W)`` of the current plane."""
         return self._planes.hw
@@ -265,9 +270,12 @@ class AnnotationSession:
 
         Parameters
         ----------
-        plane : np.ndarray
+        plane : array-like
             ``(H, W)`` grey, ``(H, W, 3|4)`` RGB (``preprocess.rgb``), or ``(H, W, C)`` with
-            ``preprocess.channel_axis = -1``. Raw values (any real dtype); NaN allowed.
+            ``preprocess.channel_axis = -1``. Raw values (any real dtype); NaN allowed. numpy, or a
+            lazy array (dask, zarr): a plane larger than
+            :data:`~napari_sam_micro.core.large_planes.LARGE_PLANE_PIXELS` is only read window by
+            window, a smaller one is read whole.
         preprocess : PreprocessConfig, optional
             Replaces the current configuration.
 
@@ -281,8 +289,9 @@ class AnnotationSession:
         ImageError
             Fewer than two dimensions, or a plane with no pixels.
         """
-        plane = np.asarray(plane)
-        if plane.ndim not in (2, 3) or plane.shape[0] < 1 or plane.shape[1] < 1:
+        if not hasattr(plane, "shape"):
+            plane = np.asarray(plane)
+        if len(plane.shape) not in (2, 3) or plane.shape[0] < 1 or plane.shape[1] < 1:
             raise ImageError(f"Expected a 2D image plane (optionally with channels last), got shape {plane.shape}.")
         if not self._planes.set_plane(plane, preprocess or self._planes.preprocess):
             return False
@@ -334,9 +343,6 @@ class AnnotationSession:
     def _normalized_plane(self, generation: int | None = None) -> np.ndarray:
         return self._planes.normalized_plane(generation)
 
-    def _object_scale(self, generation: int | None = None) -> tuple[float, float | None]:
-        return self._planes.object_scale(generation)
-
     def embedding_job(self, window: Window | None = None) -> Job[Embedding]:
         """Encode the current plane (or a crop of it); cached.
 
@@ -380,7 +386,10 @@ class AnnotationSession:
         def run():
             yield Progress(0, 0, "Finding objects to pre-encode")
             ctx = self.decode_context()
-            planned = self._planes.object_windows(generation, lambda: plan_object_windows(ctx, self._normalized_plane(generation)))
+            # a large plane is planned in the region around the centre only (never read whole)
+            planned = self._planes.object_windows(
+                generation, lambda: plan_object_windows(ctx, *self._planes.region_image(centre_rc, generation))
+            )
             order = nearest_first(planned, centre_rc, self.image_hw)[:max_windows]
             encode = lambda window: self._planes.ensure_job(window, generation)  # noqa: E731
             return (yield from preencode_windows_job(ctx, order, encode, lambda: generation == self._generation))

@@ -395,3 +395,28 @@ def test_pre_encoding_can_be_switched_off(qtbot, viewer, disk_test_model):
     _ready(qtbot, widget)
     qtbot.wait(300)
     assert widget.preencoder.windows_encoded == 0 and widget.session.encoded_windows() == []
+
+
+def test_a_large_lazy_layer_is_annotated_window_by_window(qtbot, viewer, notes, disk_test_model, counted_plane):
+    """A 4608 x 4608 multiscale layer (lazy full resolution): box → preview → commit read windows only."""
+    pytest.importorskip("dask")
+    cy, cx = 3000, 3500
+    plane = counted_plane(4608, 512, ((cy, cx),))
+    low = np.full((576, 576), 100, np.uint16)  # napari shows this level; the plugin reads level 0
+    viewer.add_image([plane.array, low], multiscale=True, name="slide")
+    widget = _widget(qtbot, viewer, model="disk-test")
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.large_plane and not widget.is_busy(), timeout=WAIT_MS)
+    assert "Large plane" in widget.status.text()
+    widget.layers.boxes.add_rectangles(np.array([[cy - 11, cx - 11], [cy + 11, cx + 11]]))
+    qtbot.waitUntil(lambda: widget.session.preview is not None and not widget.is_busy(), timeout=WAIT_MS)
+    preview = widget.layers.preview.data
+    assert preview[cy, cx] == 1 and 250 < np.count_nonzero(preview) < 500  # the ellipse in the box
+    assert widget.commit() == [1]
+    out = widget.layers.output.data
+    rr, cc = np.nonzero(out[cy - 100 : cy + 100, cx - 100 : cx + 100] == 1)
+    assert abs(rr.mean() - 100) < 1 and abs(cc.mean() - 100) < 1
+    assert np.count_nonzero(out) == rr.size and not widget.layers.preview.data.any()
+    _idle(qtbot, widget)
+    # the sample (36 blocks), the pre-encoded region around the view centre and the box's window
+    assert plane.distinct <= 60 < plane.chunks
+    assert not [n for n in notes if n[0] in ("warning", "error")]

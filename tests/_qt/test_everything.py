@@ -344,3 +344,23 @@ def test_write_stack_labels_replaces_one_stack_and_keeps_ids_unique():
     assert layer.features["index"].tolist() == [8, 9] and layer.features["planes"].tolist() == [3, 1]
     layer.undo()
     np.testing.assert_array_equal(layer.data, data)
+
+
+def test_a_large_lazy_layer_is_segmented_tile_by_tile(qtbot, disk_test_model, counted_plane):
+    """A 4608 x 4608 multiscale layer: the seeds mode reads level 0 in tiles; the grid mode says why it cannot run."""
+    from napari_sam_micro._qt.everything import MODE_GRID, MODE_SEEDS
+
+    viewer = ViewerModel()
+    discs = ((3000, 3500), (700, 4000))
+    plane = counted_plane(4608, 512, discs)
+    viewer.add_image([plane.array, np.full((576, 576), 100, np.uint16)], multiscale=True, name="slide")
+    widget = EverythingWidget(viewer, model="disk-test")
+    qtbot.addWidget(widget)
+    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_GRID))
+    assert widget.run() is None and "seeds mode" in widget.status.text()
+    assert plane.reads == []  # refused before reading anything
+    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_SEEDS))
+    _run(qtbot, widget)
+    out = widget.output_layer.data
+    assert len(widget.seeded.table["index"]) == 2
+    assert [out[r, c] > 0 for r, c in discs] == [True, True]

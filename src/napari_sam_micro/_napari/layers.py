@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import ImageError
+from ..core.large_planes import is_large_plane
 
 __all__ = [
     "META_KEY",
@@ -51,9 +52,6 @@ ROLES = ("prompts", "boxes", "preview", "output")
 #: Colours of positive and negative prompt points.
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
-
-#: The largest 2D plane (pixels) the annotator accepts (embedding + preview memory stays sane).
-MAX_PLANE_PIXELS = 16384 * 16384
 
 _SUFFIX = {"prompts": "SAM points", "boxes": "SAM boxes", "preview": "SAM preview", "output": "SAM labels"}
 
@@ -170,8 +168,8 @@ def image_geometry(image_layer, channel_axis: int | None = None) -> ImageGeometr
     Raises
     ------
     ImageError
-        Not an Image layer, fewer than two spatial axes, a channel axis other than the first, or a
-        plane larger than :data:`MAX_PLANE_PIXELS`.
+        Not an Image layer, fewer than two spatial axes, or a channel axis other than the first.
+        Planes of any size are accepted: large ones are read window by window (:func:`plane_data`).
     """
     from napari.layers import Image
 
@@ -204,11 +202,6 @@ def image_geometry(image_layer, channel_axis: int | None = None) -> ImageGeometr
     h, w = spatial[-2:]
     if h < 2 or w < 2:
         raise ImageError(f"The image plane is {h} × {w} pixels: too small to segment.")
-    if h * w > MAX_PLANE_PIXELS:
-        raise ImageError(
-            f"The image plane is {w} × {h} pixels, larger than this plugin handles in one piece "
-            f"({int(np.sqrt(MAX_PLANE_PIXELS))} × {int(np.sqrt(MAX_PLANE_PIXELS))}). Crop or downsample it first."
-        )
     return ImageGeometry(tuple(spatial), tuple(scale), tuple(translate), rgb, channel_axis)
 
 
@@ -337,11 +330,25 @@ def plane_data(image_layer, geometry: ImageGeometry, index: tuple[int, ...]) -> 
         From :func:`image_geometry`.
     index : tuple of int
         From :func:`current_plane_index`.
+
+    Returns
+    -------
+    array
+        numpy; for a plane of more than :data:`~napari_sam_micro.core.large_planes.LARGE_PLANE_PIXELS`
+        a lazy dask array, which the annotation session and the tiled everything mode read window
+        by window.
     """
     data = image_layer.data
     if getattr(image_layer, "multiscale", False):
         data = data[0]
     index = tuple(int(i) for i in index)
+    if is_large_plane(geometry.plane_hw):
+        import dask.array as da  # a napari dependency
+
+        lazy = data if isinstance(data, da.Array) else da.from_array(data, chunks=getattr(data, "chunks", "auto"))
+        if geometry.channel_axis is not None:
+            return da.moveaxis(lazy[(slice(None), *index)], 0, -1)
+        return lazy[index] if index else lazy
     if geometry.channel_axis is not None:
         plane = np.asarray(data[(slice(None), *index)])  # (C, H, W)
         return np.moveaxis(plane, 0, -1)

@@ -74,7 +74,7 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         self._image_layer = None
         self._geometry: ImageGeometry | None = None
         self._plane_key = None
-        self._preview_index: tuple | None = None
+        self._preview_pixels: tuple | None = None
         self._clearing = False
         self._bound_keys: dict = {}
         self._connected: list = []
@@ -268,6 +268,15 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
             self.status.setText(str(err))
             return
         session = self.session
+        if session.large_plane:  # read window by window: each prompt encodes its own window, nothing whole
+            self.job_panel.reset_progress(1)
+            h, w = session.image_hw
+            self.status.setText(f"Large plane ({w} × {h}): each prompt is encoded in its window. " + _HELP)
+            if self._current_prompt_count():
+                self._update_preview()
+            else:
+                self.start_preencoding()
+            return
         if session.embedding is not None:
             self.job_panel.reset_progress(1)
             self.status.setText("Embedding ready (from the cache). " + _HELP)
@@ -288,7 +297,7 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
     def start_preencoding(self) -> bool:
         """Pre-encode the shown plane's object windows in the background (256-px models, when idle)."""
         session = self.session
-        if self._closed or self.is_busy() or session is None or session.embedding is None:
+        if self._closed or self.is_busy() or session is None or (session.embedding is None and not session.large_plane):
             return False
         if not self.preencoder.resume():
             return self.preencoder.start(session, self._view_centre())

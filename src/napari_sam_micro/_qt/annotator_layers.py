@@ -110,7 +110,7 @@ class LayersMixin:
         self._image_layer = None
         self._geometry = None
         self._plane_key = None
-        self._preview_index = None
+        self._preview_pixels = None
 
     def _on_image_changed(self, layer=None) -> None:
         if self._closed:

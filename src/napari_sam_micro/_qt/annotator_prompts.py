@@ -10,11 +10,13 @@ from __future__ import annotations
 from napari.utils import notifications
 
 from .._napari.commit import check_writable, commit_items
+from .._napari.preview import clear_preview, paint_preview
 from .._napari.prompts import indices_on_plane, plane_prompts
 from ..core.errors import ImageError, UserInputError
 from ..session import EmbeddingNotReady, Prediction
 
 __all__ = ["PromptsMixin"]
+
 
 class PromptsMixin:
     """Prompt handling, preview layer, commit and clear of the Annotator."""
@@ -110,29 +112,16 @@ class PromptsMixin:
         return prediction
 
     def _show_prediction(self, prediction: Prediction, index: tuple) -> None:
-        layers = self.layers
-        preview = layers.preview
-        image = prediction.label_image(dtype=preview.data.dtype)
-        self._clear_preview_layer(refresh=False)
-        if index:
-            preview.data[index] = image
-        else:
-            preview.data[...] = image
-        self._preview_index = index
-        preview.refresh()
+        preview = self.layers.preview
+        self._clear_preview_layer()
+        # object pixels only, refreshed where they changed: no whole-plane image per prompt
+        self._preview_pixels = paint_preview(preview, prediction.objects, index)
 
-    def _clear_preview_layer(self, refresh: bool = True) -> None:
+    def _clear_preview_layer(self) -> None:
         layers = self.layers
-        if layers is None or self._preview_index is None or layers.preview not in self.viewer.layers:
-            return
-        index = self._preview_index
-        if index:
-            layers.preview.data[index] = 0
-        else:
-            layers.preview.data[...] = 0
-        self._preview_index = None
-        if refresh:
-            layers.preview.refresh()
+        pixels, self._preview_pixels = self._preview_pixels, None
+        if layers is not None and layers.preview in self.viewer.layers:
+            clear_preview(layers.preview, pixels)
 
     # -- commit / clear ----------------------------------------------------------------------
     def commit(self) -> list[int]:
@@ -158,7 +147,7 @@ class PromptsMixin:
                 output.data, overwrite=self.overwrite_check.isChecked(), leading=index, prediction=prediction
             )
             if not items:
-                if not any(obj is not None and obj.mask.any() for obj in prediction.objects):
+                if not any(obj is not None and obj.crop.any() for obj in prediction.objects):
                     notifications.show_warning(
                         "The model found no object at these prompts (the mask is empty), so nothing was "
                         "added. Click nearer the object's centre or draw a box around it."

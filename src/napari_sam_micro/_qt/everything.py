@@ -39,6 +39,7 @@ from .._napari.state import ViewerState, embedding_model_id
 from ..core.automatic import AmgParams, AmgResult, CandidateSet, generate_candidates, labels_from_result
 from ..core.cache import content_digest, embedding_key
 from ..core.errors import UserInputError
+from ..core.large_planes import is_large_plane
 from ..core.preprocess import PreprocessConfig, normalize_image
 from ..core.progress import Progress
 from ..models.registry import get_spec
@@ -209,7 +210,13 @@ class EverythingWidget(QWidget):
             index = current_plane_index(self.viewer, image_layer, geometry)
             params = self.params()
             config = PreprocessConfig(rgb=geometry.rgb)
-            plane = plane_data(image_layer, geometry, index)
+            if is_large_plane(geometry.plane_hw) and self.mode() != MODE_SEEDS:
+                h, w = geometry.plane_hw
+                raise UserInputError(
+                    f"The plane is {w} × {h} pixels: planes this large are segmented in tiles, which the seeds mode "
+                    "does. Choose the seeds mode."
+                )
+            plane = plane_data(image_layer, geometry, index)  # lazy for a large plane: read tile by tile
         except UserInputError as err:
             self.status.setText(str(err))
             notify_exception(err)

@@ -22,22 +22,24 @@ from .windows import Window, cover_objects
 __all__ = ["plan_object_windows", "nearest_first", "preencode_windows_job"]
 
 
-def plan_object_windows(ctx: DecodeContext, image: np.ndarray) -> list[tuple[Window, np.ndarray]]:
+def plan_object_windows(ctx: DecodeContext, image: np.ndarray, offset: Sequence[int] = (0, 0)) -> list[tuple[Window, np.ndarray]]:
     """Windows that fit the plane's detected objects, each with its seeds.
 
     Parameters
     ----------
     ctx : DecodeContext
         Of the plane (its click-diameter estimate sizes the boxes).
-    image : (H, W) or (H, W, 3) float32
-        The normalised plane.
+    image : (h, w) or (h, w, 3) float32
+        The normalised plane, or a region of it (a large plane).
+    offset : (row, col)
+        Of ``image``'s first pixel in the plane.
 
     Returns
     -------
     list of (Window, (K, 2) float64)
         ``(y0, y1, x0, x1)`` windows (never the whole plane) and the ``(x, y)`` seeds they hold.
     """
-    seeds_xy = find_seeds(image)[:, ::-1].reshape(-1, 2)
+    seeds_xy = find_seeds(image)[:, ::-1].reshape(-1, 2) + np.array([offset[1], offset[0]], dtype=np.float64)
     if not len(seeds_xy):
         return []
     boxes = np.array([click_box(ctx, x, y)[0] for x, y in seeds_xy]).reshape(-1, 4)

@@ -354,8 +354,9 @@ class PlaneNormalizer:
 
     def __init__(self, image: np.ndarray, config: PreprocessConfig | None = None):
         config = config or PreprocessConfig()
-        image = np.asarray(image)
-        if image.size == 0:
+        if not (isinstance(image, np.ndarray) or (hasattr(image, "shape") and hasattr(image, "dtype"))):
+            image = np.asarray(image)  # lists and the like; lazy arrays (dask, zarr) are kept unread
+        if int(np.prod(image.shape)) == 0:
             raise ImageError("The image is empty (zero pixels).")
         pct = config.percentiles
         self._rgb8 = False
@@ -364,7 +365,8 @@ class PlaneNormalizer:
                 raise ImageError(
                     f"Expected a 2D image with a channel axis (3 dimensions), got {image.ndim} dimensions."
                 )
-            data = np.moveaxis(image, config.channel_axis, -1)
+            last = config.channel_axis in (-1, image.ndim - 1)
+            data = image if last else np.moveaxis(np.asarray(image), config.channel_axis, -1)
             n = data.shape[-1]
             chans = config.channels
             if chans is None:
@@ -428,6 +430,9 @@ class PlaneNormalizer:
         if window is not None:
             y0, y1, x0, x1 = (int(v) for v in window)
             data = data[y0:y1, x0:x1]
+        if hasattr(data, "compute"):  # dask: only this window is read
+            data = data.compute()
+        data = np.asarray(data)
         if self._rgb8:
             out = data[..., :3].astype(np.float32)
             out *= np.float32(1.0 / 255.0)
