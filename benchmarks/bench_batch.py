@@ -1,6 +1,6 @@
 """Batch throughput and the memory of tiled large planes (issue 14).
 
-Three measurements, each with its reference measured in the same run:
+Four measurements, each with its reference measured in the same run:
 
 1. **Images per minute** of ``segment`` (:func:`napari_sam_micro.scaleout.run_batch_job`) on
    ``--images`` small fluorescence DSB images: here (no cluster), on a Dask ``LocalCluster`` of one
@@ -9,7 +9,10 @@ Three measurements, each with its reference measured in the same run:
 2. **Tiles per second** of :func:`napari_sam_micro.tiling.tiled_everything_job` on a mosaic of
    ``--mosaic`` x ``--mosaic`` DSB images (256 px each) with 256-px tiles and a 64-px halo, and the
    untiled everything mode on the same mosaic (ratio tiled / untiled time).
-3. **Peak RSS** of segmenting a lazy ``--lazy-side`` x ``--lazy-side`` uint16 dask plane (three
+3. **Annotating a lazy plane** of ``--lazy-side``² (``annotate``): one box and one click through
+   :class:`~napari_sam_micro.session.AnnotationSession` with ``--model`` in a fresh process; peak
+   RSS against the RSS after loading the model, seconds, and the chunks read of the plane's.
+4. **Peak RSS** of segmenting a lazy ``--lazy-side`` x ``--lazy-side`` uint16 dask plane (three
    objects in each 2048-px chunk of the diagonal, the rest constant, so those tiles are skipped;
    2048-px tiles) in a fresh process with a scripted stand-in model
    (:class:`bench_memory._DiskStandIn`: no weights), against the plane's and its labels' size as
@@ -18,7 +21,7 @@ Three measurements, each with its reference measured in the same run:
 On a shared machine the numbers are indicative only. Usage::
 
     python benchmarks/bench_batch.py --data ../shared/data [--model micro-tiny] [--images 4]
-        [--mosaic 3] [--lazy-side 20480] [--skip images,tiles,memory]
+        [--mosaic 3] [--lazy-side 20480] [--skip images,tiles,memory,annotate]
 """
 
 from __future__ import annotations
@@ -143,6 +146,67 @@ def bench_memory(side: int) -> dict:
     return out
 
 
+ANNOTATE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import dask.array as da
+    import numpy as np
+    from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.core.prompts import Prompts
+    from napari_sam_micro.models.registry import get_spec, load_model
+    from napari_sam_micro.session import AnnotationSession
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith(key)) / 1024
+
+    side, name = int(sys.argv[1]), sys.argv[2]
+    # every 1024-px chunk is one noisy field of radius-12 nuclei on a 150-px grid (made once, copied:
+    # the chunks cost the plugin's reads, not the generator's time)
+    template = np.random.default_rng(0).normal(100, 5, (1024, 1024)).astype(np.uint16)
+    yy, xx = np.mgrid[:1024, :1024]
+    for cy in range(60, 1024, 150):
+        for cx in range(60, 1024, 150):
+            template[(yy - cy) ** 2 + (xx - cx) ** 2 <= 144] = 1000
+    reads = []
+    def block(block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        reads.append((y0, x0))
+        return template[: y1 - y0, : x1 - x0].copy()
+    n = side // 1024
+    plane = da.map_blocks(block, chunks=((1024,) * n, (1024,) * n), dtype=np.uint16)
+    spec = get_spec(name)
+    model = load_model(name, device="cpu")
+    base = status("VmRSS:")
+    session = AnnotationSession(model, model_id=spec.embedding_id, **AnnotationSession.options_for(spec))
+    t0 = time.perf_counter(); session.set_image(plane); t_set = time.perf_counter() - t0
+    cy, cx = 1024 * (n // 2) + 60 + 150 * 3, 1024 * (n // 2) + 60 + 150 * 2
+    t0 = time.perf_counter()
+    box = drain(session.predict_job(Prompts(boxes_xyxy=[[cx - 14, cy - 14, cx + 14, cy + 14]]))).objects[0]
+    t_box = time.perf_counter() - t0
+    session.clear_preview()
+    t0 = time.perf_counter()
+    click = drain(session.predict_job(Prompts([[float(cx + 150), float(cy)]], [1]))).objects[0]
+    t_click = time.perf_counter() - t0
+    print(json.dumps({"rss_after_model_mib": round(base), "peak_rss_mib": round(status("VmHWM:")),
+                      "set_image_s": round(t_set, 2), "box_s": round(t_box, 2), "click_s": round(t_click, 2),
+                      "box_area": int(box.area), "click_area": int(click.area),
+                      "chunks_read": len(set(reads)), "chunks": n * n}))
+    """
+)
+
+
+def bench_annotate(side: int, model: str) -> dict:
+    """One box and one click on a lazy ``side``² plane through ``AnnotationSession``, in a fresh process."""
+    run = subprocess.run([sys.executable, "-c", ANNOTATE_SCRIPT, str(side), model], capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(run.stderr[-3000:])
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out.update(side=side, plane_mib=round(side * side * 2 / 2**20))
+    print(f"annotate: {out}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data"))
@@ -150,14 +214,16 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--mosaic", type=int, default=3)
     ap.add_argument("--lazy-side", type=int, default=20480)
-    ap.add_argument("--skip", default="", help="comma-separated: images,tiles,memory")
+    ap.add_argument("--skip", default="", help="comma-separated: images,tiles,memory,annotate")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    files = _fluorescence(Path(args.data), max(args.images, args.mosaic**2)) if skip != {"images", "tiles"} else []
+    files = _fluorescence(Path(args.data), max(args.images, args.mosaic**2)) if {"images", "tiles"} - skip else []
     result = {}
     if "memory" not in skip:
         result["memory"] = bench_memory(args.lazy_side)
+    if "annotate" not in skip:
+        result["annotate"] = bench_annotate(args.lazy_side, args.model)
     if "tiles" not in skip:
         result["tiles"] = bench_tiles(files, args.model, args.mosaic)
     if "images" not in skip:
