@@ -67,3 +67,24 @@ def test_typical_diameter_is_the_median_over_object_centres():
     est = typical_diameter(img, 1.0)
     assert est is not None and 14 <= est <= 26 and abs(est - typical) <= 0.2 * typical
     assert typical_diameter(_disks(disks=(((150, 150), 10),)), 1.0) is None  # too few objects
+
+
+
+@pytest.mark.data
+def test_typical_diameter_ignores_centres_with_no_blob_at_any_scale(shared_data):
+    """Two small DSB fields side by side, the first cropped through a bright region: 20 of the 27
+    centres lie along the cut edge, where no scale tried finds a blob (160 px, the range's top).
+    Their 160 px was the prior, so untiled windows were ten times too large; the nuclei are 13-16 px."""
+    import csv
+
+    tifffile = pytest.importorskip("tifffile")
+    from napari_sam_micro.core.object_size import object_polarity, typical_diameter
+    from napari_sam_micro.core.preprocess import normalize_image
+
+    root = shared_data / "dsb2018-train"
+    with open(root / "index.csv") as fh:
+        names = [r["name"] for r in csv.DictReader(fh) if r["modality"] == "fluorescence" and r["height"] == r["width"] == "256"
+                 and r["channels"] == "1" and 5 <= int(r["instances"]) <= 6][:2]
+    image = normalize_image(np.concatenate([tifffile.imread(root / "images" / f"{n}.tif") for n in names], axis=1)[:, 140:])
+    d = typical_diameter(image, object_polarity(image))
+    assert d is not None and 8 <= d <= 25, d
