@@ -94,3 +94,19 @@ def test_colormaps_colour_by_value_and_flag_for_review():
     mapped = layer.colormap.map(np.array([2, 5], dtype=np.uint16))
     np.testing.assert_allclose(mapped[0], F.GOOD_RGBA)
     np.testing.assert_allclose(mapped[1], F.FLAG_RGBA)
+
+
+def test_present_ids_look_inside_each_objects_box_only(counted_plane):
+    """A large layer is never read whole to tell which committed objects are still there."""
+    from types import SimpleNamespace
+
+    plane = counted_plane(8192, 1024, ((3000, 5000),))  # background 100, one disc of value 1000
+    features = pd.DataFrame({"index": [1000, 7], "bbox_y0": [2990, 10], "bbox_x0": [4990, 10],
+                             "bbox_y1": [3011, 30], "bbox_x1": [5011, 30]})
+    layer = SimpleNamespace(data=plane.array, features=features)
+    assert F.present_ids(layer, [1000, 7]) == {1000}
+    assert plane.distinct == 2  # the two boxes' chunks, of 64
+    small = Labels(np.zeros((40, 50), np.uint32))
+    small.data[5:9, 5:9] = 3  # no bbox row: looked up in the whole layer
+    small.features = pd.DataFrame({"index": [4], "bbox_y0": [0], "bbox_x0": [0], "bbox_y1": [40], "bbox_x1": [50]})
+    assert F.present_ids(small, [3, 4]) == {3}

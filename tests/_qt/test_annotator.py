@@ -417,6 +417,7 @@ def test_a_large_lazy_layer_is_annotated_window_by_window(qtbot, viewer, notes, 
     assert abs(rr.mean() - 100) < 1 and abs(cc.mean() - 100) < 1
     assert np.count_nonzero(out) == rr.size and not widget.layers.preview.data.any()
     _idle(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget.preencoder.running, timeout=WAIT_MS)
     # the sample (36 blocks), the pre-encoded region around the view centre and the box's window
     assert plane.distinct <= 60 < plane.chunks
     assert not [n for n in notes if n[0] in ("warning", "error")]

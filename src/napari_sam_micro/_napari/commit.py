@@ -21,18 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.errors import ImageError
-from .features import merge_object_rows
+from .features import merge_object_rows, present_ids
 
 __all__ = ["check_writable", "commit_items", "present_ids"]
-
-
-def present_ids(layer, ids: Sequence[int]) -> set[int]:
-    """Those of ``ids`` that occur in ``layer.data`` (cheap for a few ids)."""
-    ids = [int(i) for i in ids]
-    if not ids:
-        return set()
-    found = np.isin(np.asarray(ids), np.unique(np.asarray(layer.data)))
-    return {i for i, f in zip(ids, found) if f}
 
 
 def check_writable(layer) -> None:

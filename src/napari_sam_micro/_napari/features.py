@@ -23,6 +23,8 @@ import pandas as pd
 
 __all__ = [
     "BBOX_COLUMNS",
+    "MEASURE_MAX_PIXELS",
+    "present_ids",
     "table_to_frame",
     "frame_to_table",
     "merge_object_rows",
@@ -37,6 +39,10 @@ __all__ = [
 
 #: Bounding-box columns, ``(row, col)`` of the 2D plane, end exclusive.
 BBOX_COLUMNS = ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
+#: Labels layers up to this many pixels are measured for the objects table; larger ones (a slide
+#: scan's labels) list the rows of ``features`` whose objects are present (a whole-layer
+#: measurement takes seconds per commit there).
+MEASURE_MAX_PIXELS = 8192 * 8192
 
 _TRANSPARENT = np.zeros(4, dtype=np.float32)
 
@@ -208,11 +214,43 @@ def read_object_table(layer, *, measure: bool = True) -> pd.DataFrame:
         stale = [c for c in ("area", *BBOX_COLUMNS) if c in frame.columns]
         frame = measured.merge(frame.drop(columns=stale), on="index", how="left")
     else:
-        present = np.unique(np.asarray(layer.data))
-        frame = frame[frame["index"].isin(present[present != 0])]
+        frame = frame[frame["index"].isin(present_ids(layer, frame["index"]))]
     known = [c for c in _object_columns() if c in frame.columns]
     rest = [c for c in frame.columns if c not in known]
     return frame[known + rest].reset_index(drop=True)
+
+
+def present_ids(layer, ids: Sequence[int]) -> set[int]:
+    """Those of ``ids`` that occur in ``layer.data``.
+
+    An id with a bounding box in ``layer.features`` (``bbox_*`` of its plane) is looked for inside
+    that box on every plane, which costs the box and not the layer (a 20k x 20k labels layer:
+    ``np.unique`` of it takes seconds). Other ids are looked up in the whole layer.
+    """
+    ids = [int(i) for i in ids]
+    if not ids:
+        return set()
+    data = layer.data
+    boxes = _feature_boxes(layer.features)
+    found, rest = set(), []
+    for i in ids:
+        box = boxes.get(i)
+        if box is None:
+            rest.append(i)
+        elif np.any(np.asarray(data[..., box[0] : box[2], box[1] : box[3]]) == i):
+            found.add(i)
+    if rest:
+        hit = np.isin(np.asarray(rest), np.unique(np.asarray(data)))
+        found |= {i for i, h in zip(rest, hit) if h}
+    return found
+
+
+def _feature_boxes(features) -> dict[int, tuple[int, int, int, int]]:
+    """``id -> (y0, x0, y1, x1)`` for the rows of ``features`` with a complete bounding box."""
+    if "index" not in features or not all(c in features for c in BBOX_COLUMNS):
+        return {}
+    table = features[["index", *BBOX_COLUMNS]].dropna()
+    return {int(r[0]): tuple(int(v) for v in r[1:]) for r in table.itertuples(index=False)}
 
 
 def object_centroid(labels: np.ndarray, label_id: int) -> np.ndarray | None:

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._napari.features import BBOX_COLUMNS, focus_object, read_object_table, review_colormap
+from .._napari.features import BBOX_COLUMNS, MEASURE_MAX_PIXELS, focus_object, read_object_table, review_colormap
 
 __all__ = ["LayerComboBox", "ObjectsTableWidget", "TABLE_HEADERS", "numeric_item"]
 
@@ -318,7 +318,7 @@ class ObjectsTableWidget(QWidget):
             self.table.setRowCount(0)
             self._ids, self._iou = [], {}
             if layer is not None:
-                frame = read_object_table(layer)
+                frame = read_object_table(layer, measure=int(np.prod(layer.data.shape)) <= MEASURE_MAX_PIXELS)
                 self.table.setRowCount(frame.shape[0])
                 for r, row in enumerate(frame.to_dict("records")):
                     label_id = int(row["index"])
