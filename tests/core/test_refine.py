@@ -167,3 +167,20 @@ def test_point_strategy_takes_the_place_not_the_extent_of_the_old_object(disk_mo
         assert np.hypot(*(ca - cb)) <= 3.0
     # the box prompt follows the loose label instead
     assert sum(r.new_area for r in boxed) > sum(r.new_area for r in loose)
+
+
+def test_refining_more_objects_than_the_cache_holds(disk_model):
+    """313 nuclei once evicted the first windows' embeddings before their turn (EmbeddingNotReady)."""
+    from napari_sam_micro.core.refine import REFINE_CHUNK
+
+    labels = np.zeros((120, 40 * (REFINE_CHUNK + 4)), np.int32)
+    n = REFINE_CHUNK + 4
+    for k in range(n):  # one object per window, far apart
+        labels[50:62, 40 * k + 14 : 40 * k + 26] = k + 1
+    model = disk_model(6)
+    one = model.encode(np.zeros((64, 64, 3), np.float32)).nbytes
+    s = AnnotationSession(model, EmbeddingCache(max_bytes=3 * one), crop_to_prompt=True)
+    s.set_image(np.where(labels > 0, 1000, 100).astype(np.uint16))
+    refined = drain(s.refine_job(labels))
+    assert [r.label_id for r in refined] == list(range(1, n + 1))
+    assert all(r.new is not None and r.new_area > 0 for r in refined)

@@ -33,10 +33,12 @@ from .errors import UserInputError
 from .masks import farthest_interior_point, mask_to_box_xyxy
 from .model_api import LOW_RES_SIZE
 from .progress import Job, Progress
+from .seeded import decode_seeds_job, with_embeddings
 from .prompts import ObjectPrompt
 from .windows import Window, cover_objects, reuse_window
 
 __all__ = [
+    "REFINE_CHUNK",
     "STRATEGIES",
     "DEFAULT_STRATEGY",
     "DEFAULT_BOX_PAD",
@@ -60,6 +62,8 @@ DEFAULT_STRATEGY = "box+point"
 #: The old mask's box is padded by this fraction of its longer side (plus one pixel).
 DEFAULT_BOX_PAD = 0.1
 #: Magnitude of the logits a binary mask becomes for ``mask_input`` (inverse sigmoid of 0.999).
+#: Windows encoded, then decoded, at a time (16 embeddings of micro-tiny: 64 MB of the cache).
+REFINE_CHUNK = 16
 MASK_LOGIT = float(np.log(0.999 / 0.001))
 
 #: ``encode(windows) -> Job``: computes (and caches) the embeddings of the windows (None = plane).
@@ -371,22 +375,29 @@ def refine_objects_job(
         return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
     windows = plan_windows(ctx, np.array([p.box for p in prompts]))
     order = list(dict.fromkeys(windows))
-    missing = [w for w in order if not ctx.is_ready(w)]
-    if missing:
-        yield Progress(0, n, f"Encoding {len(missing)} window(s) around the objects")
-        yield from encode(missing)
     news: list[ObjectPreview | None] = [None] * n
     done = 0
-    for window in order:
-        check()
-        ks = [k for k, w in enumerate(windows) if w == window]
-        masks_in = None
-        if "mask" in strategy:
-            masks_in = [mask_logits(olds[k], (objs[k][1][0].start, objs[k][1][1].start), window, ctx.hw) for k in ks]
-        for k, prev in zip(ks, _decode_window(ctx, window, [prompts[k] for k in ks], masks_in)):
-            news[k] = prev
-        done += len(ks)
-        yield Progress(done, n, f"Refined {done} of {n} object(s)")
+    # a chunk of windows is encoded, then decoded: hundreds of objects' embeddings would not all
+    # stay in the cache until their turn (313 nuclei evicted the first ones from 512 MB)
+    for start in range(0, len(order), REFINE_CHUNK):
+        chunk = order[start : start + REFINE_CHUNK]
+        missing = [w for w in chunk if not ctx.is_ready(w)]
+        if missing:
+            yield Progress(done, n, f"Encoding {len(missing)} window(s) around the objects")
+            yield from encode(missing)
+        for window in chunk:
+            ks = [k for k, w in enumerate(windows) if w == window]
+            masks_in = None
+            if "mask" in strategy:
+                masks_in = [mask_logits(olds[k], (objs[k][1][0].start, objs[k][1][1].start), window, ctx.hw) for k in ks]
+            # a window evicted meanwhile (a cache smaller than a chunk) is encoded again
+            decoded = yield from with_embeddings(
+                lambda: _decode_window(ctx, window, [prompts[k] for k in ks], masks_in), encode, check  # noqa: B023
+            )
+            for k, prev in zip(ks, decoded):
+                news[k] = prev
+            done += len(ks)
+            yield Progress(done, n, f"Refined {done} of {n} object(s)")
     return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
 
 
@@ -394,8 +405,6 @@ def _decode_interior_clicks(ctx, objs, olds, prompts, clicks, encode, check) -> 
     """Strategy ``"point"``: each object's deepest interior point decoded as an Annotator click
     (the click's own window and box stage, batched per window as seeded everything mode does), so
     the old mask gives the place, not the extent; objects with the user's clicks take their box prompt."""
-    from .seeded import decode_seeds_job, with_embeddings
-
     seeds = []
     for (_, sl), crop in zip(objs, olds):
         row, col, _ = farthest_interior_point(crop)
