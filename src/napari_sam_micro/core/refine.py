@@ -33,8 +33,8 @@ from .errors import UserInputError
 from .masks import farthest_interior_point, mask_to_box_xyxy
 from .model_api import LOW_RES_SIZE
 from .progress import Job, Progress
-from .seeded import decode_seeds_job, with_embeddings
 from .prompts import ObjectPrompt
+from .seeded import decode_seeds_job, with_embeddings
 from .windows import Window, cover_objects, reuse_window
 
 __all__ = [
@@ -369,12 +369,19 @@ def refine_objects_job(
         prompt = refine_prompt(crop, offset, ctx.hw, strategy, box_pad, clicks.get(label_id))
         olds.append(crop)
         prompts.append(prompt)
-    n = len(objs)
     if strategy == "point" and ctx.clicks_in_windows:
         news = yield from _decode_interior_clicks(ctx, objs, olds, prompts, clicks, encode, check)
         return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
+    news = yield from _decode_box_windows(ctx, objs, olds, prompts, strategy, encode, check)
+    return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
+
+
+def _decode_box_windows(ctx, objs, olds, prompts, strategy, encode, check) -> Job[list[ObjectPreview]]:
+    """The box strategies: the objects' prompts decoded per window (all of a window's in one call),
+    with the old masks as ``mask_input`` where ``strategy`` says so."""
     windows = plan_windows(ctx, np.array([p.box for p in prompts]))
     order = list(dict.fromkeys(windows))
+    n = len(prompts)
     news: list[ObjectPreview | None] = [None] * n
     done = 0
     # a chunk of windows is encoded, then decoded: hundreds of objects' embeddings would not all
@@ -398,7 +405,7 @@ def refine_objects_job(
                 news[k] = prev
             done += len(ks)
             yield Progress(done, n, f"Refined {done} of {n} object(s)")
-    return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
+    return news
 
 
 def _decode_interior_clicks(ctx, objs, olds, prompts, clicks, encode, check) -> Job[list[ObjectPreview]]:
