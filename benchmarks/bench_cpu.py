@@ -131,11 +131,12 @@ def bench_fresh(model, spec, data, n_objects, kind):
 def bench_preencoded(model, spec, data, n_objects, kind):
     """Seconds of prompts after pre-encoding, on the objects whose windows were pre-encoded."""
     from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.plane_jobs import preencode_job
 
     secs, ious, covered, total = [], [], 0, 0
     for _rec, raw, labels in data:
         session = _session(model, spec, raw)
-        drain(session.preencode_job())
+        drain(preencode_job(session))
         for oid in _objects(labels, n_objects):
             prompts, gt = _prompts(labels, oid, kind)
             session.clear_preview()
@@ -155,13 +156,14 @@ def bench_everything(model, spec, data):
     from napari_sam_micro.core.metrics import instance_scores
     from napari_sam_micro.core.progress import drain
     from napari_sam_micro.core.seeds import find_seeds
+    from napari_sam_micro.plane_jobs import segment_seeds_job
 
     total, n_gt, f1s, windows = 0.0, 0, [], 0
     for _rec, raw, labels in data:
         session = _session(model, spec, raw)
         t0 = time.perf_counter()
-        seeds = find_seeds(session._normalized_plane())
-        result = drain(session.segment_seeds_job(seeds))
+        seeds = find_seeds(session.plane_embeddings.normalized_plane())
+        result = drain(segment_seeds_job(session, seeds))
         total += time.perf_counter() - t0
         n_gt += len(np.unique(labels)) - 1
         windows += result.windows_encoded

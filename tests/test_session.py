@@ -10,6 +10,7 @@ from napari_sam_micro.core.errors import ImageError, PromptError, UserInputError
 from napari_sam_micro.core.preprocess import PreprocessConfig
 from napari_sam_micro.core.progress import Progress, drain
 from napari_sam_micro.core.prompts import Prompts
+from napari_sam_micro.plane_jobs import preencode_job, segment_seeds_job
 from napari_sam_micro.session import AnnotationSession, EmbeddingNotReady
 
 
@@ -337,7 +338,7 @@ def test_segment_seeds_job_decodes_the_seeds_of_a_window_in_two_batched_calls(di
     s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
     s.set_image(_blobs(blobs=(((50, 60), 8), ((150, 180), 8))))
     seeds_rc = np.array([[50.0, 60.0], [150.0, 180.0], [150.0, 182.0]])
-    result = drain(s.segment_seeds_job(seeds_rc, iou_floor=0.0, min_area=0))
+    result = drain(segment_seeds_job(s, seeds_rc, iou_floor=0.0, min_area=0))
     # two first-stage windows (the two close seeds share one), one multimask call each with all
     # its clicks (again once their box windows are encoded); then each first mask's padded box plus
     # its click, batched per box window
@@ -362,7 +363,7 @@ def test_segment_seeds_job_decodes_the_seeds_of_a_window_in_two_batched_calls(di
     assert result.generation == s.generation
     # every window is cached: a second run encodes nothing new
     n_enc = len(model.encoded_shapes)
-    drain(s.segment_seeds_job(seeds_rc))
+    drain(segment_seeds_job(s, seeds_rc))
     assert len(model.encoded_shapes) == n_enc
 
 
@@ -372,9 +373,9 @@ def test_segment_seeds_job_second_pass_segments_foreground_left_without_a_seed(d
     s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
     s.set_image(_blobs(blobs=blobs))
     seeds_rc = np.array([[50.0, 60.0], [150.0, 180.0]])  # the third object got no seed
-    first = drain(s.segment_seeds_job(seeds_rc, iou_floor=0.0, refill=False))
+    first = drain(segment_seeds_job(s, seeds_rc, iou_floor=0.0, refill=False))
     assert first.table["index"] == [1, 2] and first.labels[240, 320] == 0
-    both = drain(s.segment_seeds_job(seeds_rc, iou_floor=0.0))
+    both = drain(segment_seeds_job(s, seeds_rc, iou_floor=0.0))
     assert both.table["index"] == [1, 2, 3]
     assert np.array_equal(both.labels[first.labels > 0], first.labels[first.labels > 0])
     assert len(first.refill_rc) == 0 and np.array_equal(both.seeds_rc, seeds_rc)
@@ -423,7 +424,7 @@ def test_preencode_job_makes_clicks_on_the_plane_objects_decode_only(disk_model)
     s.set_image(img)
     s.compute_embedding()
     reports = []
-    encoded = drain(s.preencode_job(centre_rc=centres[1]), reports.append)
+    encoded = drain(preencode_job(s, centre_rc=centres[1]), reports.append)
     assert encoded >= 1 and len(model.encoded_shapes) == encoded + 1  # + the plane
     assert reports[-1].done == reports[-1].total  # every planned window done
     # the window nearest the given centre came first (the second encode; the first was the plane)
@@ -434,7 +435,7 @@ def test_preencode_job_makes_clicks_on_the_plane_objects_decode_only(disk_model)
         pred = s.predict(Prompts([[float(c), float(r)]], [1]))  # raises EmbeddingNotReady if not pre-encoded
         assert pred.objects[0].mask[r, c]
     assert len(model.encoded_shapes) == before
-    assert drain(s.preencode_job()) == 0  # all done: nothing more to encode
+    assert drain(preencode_job(s)) == 0  # all done: nothing more to encode
 
 
 def test_preencode_job_stops_when_the_image_changes(disk_model):
@@ -442,7 +443,7 @@ def test_preencode_job_stops_when_the_image_changes(disk_model):
     s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
     img, _ = _three_blobs()
     s.set_image(img)
-    job = s.preencode_job()
+    job = preencode_job(s)
     next(job)  # planning starts
     s.set_image(img[::-1].copy())
     assert drain(job) == 0

@@ -14,6 +14,7 @@ from napari_sam_micro.core.large_planes import is_large_plane
 from napari_sam_micro.core.preprocess import PreprocessConfig
 from napari_sam_micro.core.progress import drain
 from napari_sam_micro.core.prompts import Prompts
+from napari_sam_micro.plane_jobs import preencode_job, segment_seeds_job
 from napari_sam_micro.session import AnnotationSession
 
 da = pytest.importorskip("dask.array")
@@ -43,7 +44,7 @@ def test_a_box_on_a_20k_lazy_plane_reads_its_window_and_a_fixed_sample(disk_mode
     # the window's chunks only, on top of the sample: 400 chunks of 1024 x 1024 in all
     assert plane.distinct <= sampled + 4
     with pytest.raises(ImageError, match="too large to process in one piece"):
-        drain(session.segment_seeds_job(np.array([[cy, cx]])))
+        drain(segment_seeds_job(session, np.array([[cy, cx]])))
 
 
 def test_a_click_on_a_large_plane_measures_the_object_scale_around_it(disk_model, counted_plane):
@@ -66,7 +67,7 @@ def test_pre_encoding_a_large_plane_plans_around_the_view_centre(disk_model, cou
     model = disk_model(12)
     session = _session(model)
     session.set_image(plane.array)
-    encoded = drain(session.preencode_job(centre_rc=DISCS[0], max_windows=5))
+    encoded = drain(preencode_job(session, centre_rc=DISCS[0], max_windows=5))
     assert encoded >= 1
     windows = session.encoded_windows()
     cy, cx = DISCS[0]

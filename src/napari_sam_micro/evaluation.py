@@ -47,6 +47,7 @@ from .core.metrics import check_label_image, instance_scores, mask_iou
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Progress
 from .core.touching import is_crowded, touching_fraction
+from .plane_jobs import segment_seeds_job
 
 __all__ = [
     "SPLIT_SEED",
@@ -726,7 +727,7 @@ def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, s
 
     if spec.seeded_everything:
         seeds = find_seeds(image, h=TOUCHING_H if split_touching else 0.0)
-        pred = drain(user.session.segment_seeds_job(seeds, split_touching=split_touching)).labels
+        pred = drain(segment_seeds_job(user.session, seeds, split_touching=split_touching)).labels
     else:
         pred = drain(automatic_segmentation(user.session.model, image, params)).to_label_image(labels.shape)
     scores = instance_scores(labels, pred)

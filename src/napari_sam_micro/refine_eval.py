@@ -3,7 +3,7 @@
 For each image of a data set (e.g. the DSB fluorescence validation split), the ground-truth labels
 are spoiled (:mod:`napari_sam_micro.core.degrade`: eroded, dilated, touching pairs merged), every
 object of the spoiled labels is refined with
-:meth:`~napari_sam_micro.session.AnnotationSession.refine_job` and accepted, and each ground-truth
+:func:`~napari_sam_micro.plane_jobs.refine_job` and accepted, and each ground-truth
 object's best-match IoU is measured before and after
 (:func:`~napari_sam_micro.core.degrade.best_match_iou`). Numbers are in ``docs/models.md``.
 """
@@ -18,6 +18,7 @@ from .core.degrade import DEGRADATIONS, best_match_iou, degrade_labels
 from .core.progress import Job, Progress
 from .core.refine import DEFAULT_BOX_PAD, DEFAULT_STRATEGY, apply_refinements
 from .evaluation import ImageRecord, load_raw, preprocess_config_for
+from .plane_jobs import refine_job
 
 __all__ = ["refine_report_job", "format_refine_table"]
 
@@ -65,7 +66,7 @@ def refine_report_job(
             spoiled = degrade_labels(gt, how)
             before[how].append(best_match_iou(gt, spoiled))
             for strategy in strategies:
-                refined = yield from session.refine_job(spoiled, strategy=strategy, box_pad=box_pad)
+                refined = yield from refine_job(session, spoiled, strategy=strategy, box_pad=box_pad)
                 after[strategy][how].append(best_match_iou(gt, apply_refinements(spoiled, refined)))
     yield Progress(len(records), len(records), "Done")
 

@@ -32,6 +32,7 @@ from .core.progress import Job, Progress
 from .core.prompts import Prompts
 from .core.seeds import SEED_IOU_FLOOR, find_seeds
 from .core.touching import TOUCHING_H
+from .plane_jobs import segment_seeds_job
 from .session import AnnotationSession
 
 __all__ = [
@@ -181,7 +182,8 @@ def everything_job(
     session.set_image(plane)
     seeds = find_seeds(normalize_image(plane, config), min_distance=int(options.min_distance),
                        h=TOUCHING_H if options.split_touching else 0.0, threshold=options.foreground)
-    res = yield from session.segment_seeds_job(
+    res = yield from segment_seeds_job(
+        session,
         seeds,
         iou_floor=options.iou_floor,
         nms_thresh=options.nms_thresh,

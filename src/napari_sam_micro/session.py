@@ -25,7 +25,7 @@ model again is a cache hit. For 256-px models (``crop_to_prompt``) each object i
 window around it: the crop of the normalised plane is encoded (cached too, the window is part of
 the key), decoded there and pasted back. The session remembers which windows of its plane are
 encoded, so that a later prompt whose object fits one of them is decoded there without encoding
-(:func:`~napari_sam_micro.core.windows.fits`); :meth:`AnnotationSession.preencode_job` encodes the
+(:func:`~napari_sam_micro.core.windows.fits`); :func:`napari_sam_micro.plane_jobs.preencode_job` encodes the
 windows around the plane's detected objects ahead of the user's prompts.
 
 Stale results
@@ -64,11 +64,9 @@ from .core.errors import ImageError, PromptError
 from .core.memory import PEAK_BYTES_PER_PIXEL, check_memory
 from .core.model_api import Embedding, PromptableModel
 from .core.preprocess import PreprocessConfig
-from .core.preencode import nearest_first, plan_object_windows, preencode_windows_job
-from .core.progress import Job, Progress, drain
+from .core.progress import Job, drain
 from .core.prompts import Prompts, object_prompts
-from .core.refine import RefinedObject, refine_objects_job
-from .core.seeded import SeededSegmentation, seeded_segmentation_job, with_embeddings
+from .core.seeded import SeededSegmentation, with_embeddings
 from .core.windows import Window
 from .embeddings import ENCODE_BATCH, PlaneEmbeddings
 
@@ -177,7 +175,7 @@ class AnnotationSession:
         self.window_min = int(window_min)
         self.points_as_boxes = bool(points_as_boxes)
         self._planes = PlaneEmbeddings(model, self.cache, preprocess or PreprocessConfig(), model_id or model.name)
-        self._planes.measure_scale = self._clicks_in_windows
+        self._planes.measure_scale = self.clicks_in_windows
         self._embedding: Embedding | None = None
         self._preview: Prediction | None = None
 
@@ -319,7 +317,7 @@ class AnnotationSession:
             self.crop_to_prompt = bool(crop_to_prompt)
         if points_as_boxes is not None:
             self.points_as_boxes = bool(points_as_boxes)
-        self._planes.measure_scale = self._clicks_in_windows
+        self._planes.measure_scale = self.clicks_in_windows
         self._bump()
         self._adopt_cached()
 
@@ -339,9 +337,6 @@ class AnnotationSession:
     def is_cached(self, window: Window | None = None) -> bool:
         """Whether the (crop) embedding of the current plane is in the cache."""
         return self._planes.is_cached(window)
-
-    def _normalized_plane(self, generation: int | None = None) -> np.ndarray:
-        return self._planes.normalized_plane(generation)
 
     def embedding_job(self, window: Window | None = None) -> Job[Embedding]:
         """Encode the current plane (or a crop of it); cached.
@@ -367,65 +362,6 @@ class AnnotationSession:
     def embeddings_job(self, windows: Sequence[Window | None]) -> Job[int]:
         """Encode several windows (``None`` = whole plane), batched where the model gains; returns how many were asked for."""
         return self._planes.embeddings_job(windows)
-
-    def preencode_job(self, centre_rc: Sequence[float] | None = None, max_windows: int = 200) -> Job[int]:
-        """Encode the windows around the plane's detected objects, nearest ``centre_rc`` (row, col) first.
-
-        Objects are found as in everything mode and covered by few windows
-        (:func:`~napari_sam_micro.core.preencode.plan_object_windows`, planned once per image); a
-        later prompt on such an object is decoded without encoding. For an idle, cancellable,
-        low-priority worker: it yields between windows, stops when the image changes, encodes at
-        most ``max_windows`` and returns how many it encoded (0 for whole-plane models).
-        """
-        if self._plane is None:
-            raise ImageError("Choose an image before pre-encoding it.")
-        generation = self._generation
-        if not self._clicks_in_windows:
-            return _done(0)
-
-        def run():
-            yield Progress(0, 0, "Finding objects to pre-encode")
-            ctx = self.decode_context()
-            # a large plane is planned in the region around the centre only (never read whole)
-            planned = self._planes.object_windows(
-                generation, lambda: plan_object_windows(ctx, *self._planes.region_image(centre_rc, generation))
-            )
-            order = nearest_first(planned, centre_rc, self.image_hw)[:max_windows]
-            encode = lambda window: self._planes.ensure_job(window, generation)  # noqa: E731
-            return (yield from preencode_windows_job(ctx, order, encode, lambda: generation == self._generation))
-
-        return run()
-
-    def segment_seeds_job(self, seeds_rc, **options) -> Job[SeededSegmentation]:
-        """Seeded everything mode on the current plane: :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`.
-
-        ``seeds_rc`` ``(N, 2)`` (row, col) object centres (e.g. :func:`~napari_sam_micro.core.seeds.find_seeds`);
-        ``options`` as that function's. Windows are encoded (and cached) here; the preview is not touched.
-        """
-        if self._plane is None:
-            raise ImageError("Choose an image before segmenting it.")
-        generation = self._generation
-        return seeded_segmentation_job(
-            self.decode_context(),
-            seeds_rc,
-            self._normalized_plane(generation),
-            self.embeddings_job,
-            generation=generation,
-            check=lambda: self._check_generation(generation),
-            **options,
-        )
-
-    def refine_job(self, labels: np.ndarray, ids=None, **options) -> Job[list[RefinedObject]]:
-        """Re-segment objects of a label plane of the current image: :func:`~napari_sam_micro.core.refine.refine_objects_job`.
-
-        ``labels`` is ``(H, W)`` int (not modified); ``ids`` the objects (default all); ``options``
-        ``strategy``, ``box_pad``, ``clicks``. Windows are encoded (and cached) in this job.
-        """
-        if self._plane is None:
-            raise ImageError("Choose an image before refining its labels.")
-        generation = self._generation
-        check = lambda: self._check_generation(generation)  # noqa: E731
-        return refine_objects_job(self.decode_context(), labels, self.embeddings_job, ids, check=check, **options)
 
     def _check_generation(self, generation: int) -> None:
         self._planes.check_generation(generation)
@@ -455,7 +391,7 @@ class AnnotationSession:
 
     # -- prediction ----------------------------------------------------------------------
     @property
-    def _clicks_in_windows(self) -> bool:
+    def clicks_in_windows(self) -> bool:
         """Whether new clicks are decoded in windows sized from the object (crop models that take clicks)."""
         return self.crop_to_prompt and not self.points_as_boxes
 
@@ -548,8 +484,3 @@ class AnnotationSession:
         prediction = prediction if prediction is not None else self._preview
         return plan_commit(prediction.objects if prediction is not None else (), labels, overwrite, leading)
 
-
-def _done(value):
-    """A job that yields nothing and returns ``value``."""
-    return value
-    yield  # pragma: no cover - makes this a generator

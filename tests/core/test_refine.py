@@ -19,6 +19,7 @@ from napari_sam_micro.core.refine import (
     refine_prompt,
     refinement_edits,
 )
+from napari_sam_micro.plane_jobs import refine_job
 from napari_sam_micro.session import AnnotationSession
 
 
@@ -86,7 +87,7 @@ def _refine(disk_model, labels, **kw):
     s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
     image = np.where(labels > 0, 1000, 100).astype(np.uint16)
     s.set_image(image)
-    return model, drain(s.refine_job(labels, **kw))
+    return model, drain(refine_job(s, labels, **kw))
 
 
 def test_each_object_becomes_the_masks_its_box_gives_batched_per_window(disk_model):
@@ -136,7 +137,7 @@ def test_refine_rejects_labels_of_another_size(disk_model):
         model = disk_model(radius=5)
         s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
         s.set_image(np.zeros((50, 50), np.uint16))
-        drain(s.refine_job(_plane()))
+        drain(refine_job(s, _plane()))
 
 
 def test_degradations_spoil_the_labels_as_named():
@@ -181,6 +182,6 @@ def test_refining_more_objects_than_the_cache_holds(disk_model):
     one = model.encode(np.zeros((64, 64, 3), np.float32)).nbytes
     s = AnnotationSession(model, EmbeddingCache(max_bytes=3 * one), crop_to_prompt=True)
     s.set_image(np.where(labels > 0, 1000, 100).astype(np.uint16))
-    refined = drain(s.refine_job(labels))
+    refined = drain(refine_job(s, labels))
     assert [r.label_id for r in refined] == list(range(1, n + 1))
     assert all(r.new is not None and r.new_area > 0 for r in refined)

@@ -1,7 +1,7 @@
 """Refine existing labels in napari: the labels plane, the user's clicks, the preview, the commit.
 
 The refinement itself is :func:`napari_sam_micro.core.refine.refine_objects_job` (through
-:meth:`~napari_sam_micro.session.AnnotationSession.refine_job`); this module reads what it needs
+:func:`~napari_sam_micro.plane_jobs.refine_job`); this module reads what it needs
 from layers and writes what the user accepted:
 
 * :func:`labels_plane` — the ``(H, W)`` plane of a Labels layer at the image's plane index;

@@ -1,6 +1,6 @@
 """Background pre-encoding: windows around the image's objects are encoded while the user is idle.
 
-:class:`PreEncoder` runs :meth:`~napari_sam_micro.session.AnnotationSession.preencode_job` in its own
+:class:`PreEncoder` runs :func:`~napari_sam_micro.plane_jobs.preencode_job` in its own
 worker, separate from the Annotator's (model loading, the plane's embedding, a prompt's window).
 It starts once the plane's embedding is ready, nearest the view centre first, and steps aside the
 moment the user prompts: :meth:`pause` asks the worker to stop at its next yield (between two
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from ..plane_jobs import preencode_job
 from .workers import start_job
 
 __all__ = ["PreEncoder"]
@@ -59,7 +60,7 @@ class PreEncoder:
         if self.worker is not None or self._finished_for == (id(session), generation):
             return False
         self._session, self._generation, self._centre = session, generation, centre_rc
-        job = session.preencode_job(centre_rc)
+        job = preencode_job(session, centre_rc)
         self.worker = start_job(
             job,
             on_result=lambda n: self._on_done(n, session, generation),

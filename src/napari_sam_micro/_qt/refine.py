@@ -40,6 +40,7 @@ from ..core.errors import UserInputError
 from ..core.preprocess import PreprocessConfig
 from ..core.refine import DEFAULT_STRATEGY, STRATEGIES, label_objects
 from ..models.registry import get_spec
+from ..plane_jobs import refine_job
 from ..session import AnnotationSession
 from .forms import model_combo
 from .job_panel import JobPanel
@@ -195,7 +196,7 @@ class RefineWidget(QWidget):
             model, self.state.cache, config, model_id=embedding_model_id(model_name), **AnnotationSession.options_for(get_spec(model_name))
         )
         session.set_image(plane)
-        refined = yield from session.refine_job(labels, ids, strategy=strategy, clicks=clicks)
+        refined = yield from refine_job(session, labels, ids, strategy=strategy, clicks=clicks)
         return refined
 
     def _on_refined(self, refined, target) -> None:
