@@ -21,6 +21,32 @@ if not os.environ.get("DISPLAY"):
 # own tests (tests/models/test_openvino_encoder.py), which ask for it explicitly.
 os.environ.setdefault("NAPARI_SAM_MICRO_OPENVINO", "0")
 
+#: Most test workers of ``pytest -n auto`` (pytest-xdist): each one loads its own models (~3 GB
+#: held by the end of the suite), so more workers than this cost memory and gain little.
+MAX_TEST_WORKERS = 4
+
+# Workers of ``pytest -n N`` share the machine's cores: each gets its share of threads for ONNX
+# Runtime (our budget variable), PyTorch and BLAS (read when they load), so that two workers on
+# two cores do not run four busy-waiting threads. Subprocesses (the tutorial's kernel) inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1:
+    _SHARE = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    for _var in ("NAPARI_SAM_MICRO_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _SHARE)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per physical core, at most :data:`MAX_TEST_WORKERS`."""
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        cores = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        cores = min(cores, len(os.sched_getaffinity(0)))
+    return max(1, min(cores, MAX_TEST_WORKERS))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_onnx_folder(tmp_path_factory):
@@ -52,7 +78,13 @@ def _thread_budget_kept():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip real-viewer tests (marker ``viewer``) when there is no screen (no DISPLAY)."""
+    """Slow tests first under pytest-xdist; skip real-viewer tests (marker ``viewer``) without a screen.
+
+    With ``-n`` a minute-long test that starts last keeps one worker busy after the others have
+    finished; started first, the short tests fill the other workers meanwhile.
+    """
+    if _WORKERS > 1:
+        items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
     if os.environ.get("DISPLAY"):
         return
     skip = pytest.mark.skip(reason="needs a screen: run under xvfb-run -a")

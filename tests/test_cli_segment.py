@@ -243,6 +243,7 @@ def test_segment_prompts_errors_are_reported(tmp_path, disk_test_model, capsys):
     assert "names no box or point for a.tif" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_segment_geojson_boxes_of_dsb_nuclei_with_micro_tiny(tmp_path, shared_data, capsys):
     """QuPath-style GeoJSON rectangles around ground-truth nuclei give those nuclei (micro-tiny, CPU)."""

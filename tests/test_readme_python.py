@@ -45,6 +45,7 @@ def test_readme_python_block_runs_and_segments_the_nuclei(shared_data, tmp_path)
     assert "README-BLOCK-PASSED" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_micro_tiny_predictor_gives_the_sessions_masks_on_a_dsb_image(shared_data):
     """The same boxes and click through ``Predictor.predict`` and ``AnnotationSession.predict_job``."""

@@ -94,6 +94,7 @@ def test_whole_image_models_are_refused_on_a_large_plane(disk_model, counted_pla
         drain(session.embedding_job())
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_a_dsb_nucleus_in_a_large_plane_gets_the_in_memory_mask(shared_data):
     """micro-tiny on a DSB image placed in a 4200 x 4200 lazy plane: the in-memory box and click masks."""

@@ -116,6 +116,7 @@ def test_onnx_adapter_gives_the_torch_adapters_masks_on_a_dsb_image(both_adapter
                         torch_model.upscale(emb_t, ref_t.low_res_logits)[0, 0] > 0) > 0.99, name
 
 
+@pytest.mark.slow
 def test_shipped_graphs_belong_to_the_shipped_weights_and_equal_torch():
     """The shipped graphs are intact, made from the shipped npz, and compute what torch computes."""
     pytest.importorskip("torch")
@@ -217,6 +218,7 @@ print(model.runtime, round(float((mask & disk).sum() / (mask | disk).sum()), 3),
     assert runtime == "onnxruntime" and float(iou) > 0.9 and torch_loaded == "False"
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_the_session_gives_the_same_objects_with_either_runtime(both_adapters, shared_data):
     """Through ``AnnotationSession.predict_job`` (windows, click stages, box stage): same masks and scores."""

@@ -55,6 +55,7 @@ def test_openvino_bf16_stays_close_to_fp32(batch, ort_features):
     assert 0 < rel <= BF16_MEAN_REL_DIFF  # > 0: it really computed in reduced precision
 
 
+@pytest.mark.slow
 def test_one_infer_request_per_thread(batch):
     """The pre-encoding worker and a prompt may encode at once: results must not mix."""
     encoder = OvImageEncoder(SHIPPED_ENCODER, precision="f32")
