@@ -16,7 +16,6 @@ back: the pixels already written get their old values, no undo step is left stag
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..core.errors import ImageError

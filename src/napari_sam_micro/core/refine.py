@@ -62,9 +62,9 @@ DEFAULT_STRATEGY = "box+point"
 #: The old mask's box is padded by this fraction of its longer side (plus one pixel).
 DEFAULT_BOX_PAD = 0.1
 #: Magnitude of the logits a binary mask becomes for ``mask_input`` (inverse sigmoid of 0.999).
+MASK_LOGIT = float(np.log(0.999 / 0.001))
 #: Windows encoded, then decoded, at a time (16 embeddings of micro-tiny: 64 MB of the cache).
 REFINE_CHUNK = 16
-MASK_LOGIT = float(np.log(0.999 / 0.001))
 
 #: ``encode(windows) -> Job``: computes (and caches) the embeddings of the windows (None = plane).
 Encoder = Callable[[Sequence[Window | None]], Job]
@@ -371,8 +371,8 @@ def refine_objects_job(
         prompts.append(prompt)
     if strategy == "point" and ctx.clicks_in_windows:
         news = yield from _decode_interior_clicks(ctx, objs, olds, prompts, clicks, encode, check)
-        return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
-    news = yield from _decode_box_windows(ctx, objs, olds, prompts, strategy, encode, check)
+    else:
+        news = yield from _decode_box_windows(ctx, objs, olds, prompts, strategy, encode, check)
     return [RefinedObject(i, sl, old, new, _iou(old, sl, new)) for (i, sl), old, new in zip(objs, olds, news)]
 
 
