@@ -65,10 +65,10 @@ class EverythingOptions:
         (``find_seeds(..., h=TOUCHING_H)``) and masks clipped to their watershed basin where they
         cover another seed (:mod:`napari_sam_micro.core.touching`). Off by default: on held-out
         images it has not been shown to help (docs/models.md).
-    foreground : (float, str), optional
-        Seeds mode: the foreground threshold and polarity of the whole plane when the plane given is
-        a tile of it (:func:`~napari_sam_micro.core.seeds.foreground_threshold`; set by the tiled
-        mode); default: the plane's own Otsu threshold.
+    foreground : (float, str, int), optional
+        Seeds mode: the foreground threshold, polarity and background radius of the whole plane
+        when the plane given is a tile of it (:func:`~napari_sam_micro.core.seeds.foreground_threshold`;
+        set by the tiled mode); default: the plane's own.
     grid : AmgParams
         Grid mode: SAM's automatic mask generator settings and filters.
     """
@@ -82,7 +82,7 @@ class EverythingOptions:
     min_area: int = 10
     refill: bool = True
     split_touching: bool = False
-    foreground: tuple[float, str] | None = None
+    foreground: tuple | None = None
     grid: AmgParams = field(default_factory=AmgParams)
 
     def __post_init__(self):

@@ -22,7 +22,7 @@ import numpy as np
 from .core.cache import EmbeddingCache
 from .core.errors import UserInputError
 from .core.model_api import PromptableModel
-from .core.preprocess import PreprocessConfig, measure_value_ranges, normalize_image, sample_plane
+from .core.preprocess import PreprocessConfig, measure_value_ranges, normalize_image, sample_plane, sample_step
 from .core.progress import Job, Progress
 from .core.seeds import foreground_threshold
 from .core.tiles import STITCH_MIN_SCORE, Tile, TileStitcher, plan_tiles
@@ -170,7 +170,8 @@ def tiled_everything_job(
     if needs_threshold:
         # one foreground threshold for every tile: with its own Otsu threshold a tile disagrees with
         # the whole plane about dim objects (core.seeds.foreground_threshold)
-        options = replace(options, foreground=foreground_threshold(normalize_image(sample, config)))
+        options = replace(options, foreground=foreground_threshold(
+            normalize_image(sample, config), step=sample_step(plane.shape[:2])))
     if canvas is None:
         canvas = np.zeros((h, w), np.uint32) if h * w <= 8192 * 8192 else zarr_canvas((h, w))
     stitcher = TileStitcher(canvas, min_score)

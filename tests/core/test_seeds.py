@@ -165,26 +165,31 @@ def test_add_uncovered_masks_adds_new_objects_and_never_changes_existing_ones():
     assert np.array_equal(out2, labels) and rows2["index"] == [1, 2]
 
 
+@pytest.mark.parametrize("background", [True, False])
 @pytest.mark.parametrize("bright", [True, False])
-def test_a_tile_with_the_planes_threshold_finds_the_planes_seeds(bright):
+def test_a_tile_with_the_planes_threshold_finds_the_planes_seeds(bright, background):
     """Two bright fields and a dim one: a tile of mostly the dim field, thresholded on its own, finds
     objects the whole plane does not (so tiled and untiled results disagree); with the plane's
-    threshold it finds the plane's seeds and foreground."""
+    threshold (and background radius) it finds the plane's seeds and foreground."""
     img, _ = _blobs(bright=True)
     dim = 0.1 + 0.4 * (img - 0.1)  # the same objects, 0.4 x as bright above the background
     plane = np.concatenate([img, img, dim], axis=1)  # (80, 288)
     if not bright:
         plane = 1 - plane
-    threshold = foreground_threshold(plane)
+    threshold = foreground_threshold(plane, background=background)
     assert threshold[1] == ("bright" if bright else "dark")
-    x0 = 96  # the tile: the second bright field's right two thirds and the dim field
+    assert (threshold[2] > 0) == background
+    x0 = 96  # the tile: the second bright field and the dim field
     tile = plane[:, x0:]
 
-    def in_dim(seeds, offset):
-        return seeds[seeds[:, 1] + offset >= 192]
+    def inside(seeds, offset, start=x0 + 8):
+        return seeds[seeds[:, 1] + offset >= start]
 
-    whole = in_dim(find_seeds(plane), 0)
-    assert len(in_dim(find_seeds(tile), x0)) != len(whole)  # what the shared threshold is for
-    np.testing.assert_allclose(in_dim(find_seeds(tile, threshold=threshold), x0) + [0, x0], whole, atol=1.0)
+    whole = find_seeds(plane, background=background)
+    if not background:  # what the shared threshold is for (with the background removed the tile agrees anyway)
+        assert len(inside(find_seeds(tile, background=False), x0, 192)) != len(inside(whole, 0, 192))
+    shared = find_seeds(tile, threshold=threshold)
+    assert len(inside(whole, 0)) >= 4
+    np.testing.assert_allclose(inside(shared, x0) + [0, x0], inside(whole, 0), atol=1.0)
     mask, _ = foreground_mask(tile, threshold=threshold)
-    np.testing.assert_array_equal(mask[:, 192 - x0 + 8:], foreground_mask(plane)[0][:, 200:])
+    np.testing.assert_array_equal(mask[:, 192 - x0 + 8:], foreground_mask(plane, background=background)[0][:, 200:])

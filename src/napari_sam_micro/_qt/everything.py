@@ -17,7 +17,7 @@ stability_score, prompt, bounding box, prompt point).
 Seeded mode (``crop_to_prompt`` models such as ``micro-tiny``): these 256-px models were tuned on
 object-centred crops and segment badly from grid points, so for them the widget offers
 "Seeds (object centres)": :func:`napari_sam_micro.core.seeds.find_seeds` proposes object centres
-by classical means (Otsu foreground, distance transform + intensity maxima) and
+by classical means (background removed, Otsu foreground, distance transform + intensity maxima) and
 :func:`napari_sam_micro.segmentation.everything_job` decodes each as a centred
 click in its window. The grid filters do not apply to that mode (its masks are cleaned and
 de-duplicated by :func:`~napari_sam_micro.core.seeds.resolve_seeded_masks`); "Seed spacing" is its

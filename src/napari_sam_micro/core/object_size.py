@@ -49,7 +49,7 @@ def object_polarity(image: np.ndarray) -> float:
         The sign of (mean of Otsu's smaller class - mean of the rest); ``+1.0`` for a flat image.
     """
     gray = gray_image(image)
-    fg, _signal = foreground_mask(gray)
+    fg, _signal = foreground_mask(gray, background=False)
     if not fg.any() or fg.all():
         return 1.0
     return 1.0 if float(gray[fg].mean()) >= float(gray[~fg].mean()) else -1.0
@@ -166,7 +166,8 @@ def typical_diameter(image: np.ndarray, polarity: float = 1.0, max_objects: int 
     tried (e.g. a bright band along the image's edge): it is not a measurement and is left out. Such
     centres once made up 20 of 27 on a cropped DSB field, and their 160 px became the prior.
     """
-    seeds = find_seeds(image, polarity="bright" if polarity > 0 else "dark", max_seeds=max_objects)
+    # the intensity's own threshold (no background removal): the click windows' prior was chosen with it
+    seeds = find_seeds(image, polarity="bright" if polarity > 0 else "dark", max_seeds=max_objects, background=False)
     top = DIAMETER_RANGE[1] * 0.999
     measured = [d for d in (click_diameter(image, r, c, polarity) for r, c in seeds) if d < top]
     if len(measured) < min_objects:

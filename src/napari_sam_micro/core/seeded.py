@@ -180,7 +180,7 @@ def seeded_segmentation_job(
     min_area: int = 10,
     refill: bool = True,
     split_touching: bool = False,
-    foreground: tuple[float, str] | None = None,
+    foreground: tuple | None = None,
 ) -> Job[SeededSegmentation]:
     """Seeded everything mode on one plane (see the module docstring); a job.
 
@@ -202,8 +202,8 @@ def seeded_segmentation_job(
         Clip a seed's mask that covers another seed to leave that seed's watershed basin
         (:func:`~napari_sam_micro.core.touching.clip_merged_masks`), so touching nuclei are not merged.
         Off by default (the masks are then exactly the decoder's).
-    foreground : (float, str), optional
-        The whole plane's foreground threshold and polarity when ``image`` is a tile of it
+    foreground : (float, str, int), optional
+        The whole plane's foreground threshold, polarity and background radius when ``image`` is a tile of it
         (:func:`~napari_sam_micro.core.seeds.foreground_threshold`); default: ``image``'s own.
     """
     hw = ctx.hw
