@@ -93,4 +93,3 @@ def median_object_diameter(objects: np.ndarray, pieces: np.ndarray, max_pieces: 
     if areas.size == 0:
         return 0.0
     return float(np.median(2.0 * np.sqrt(areas / np.pi)))
-

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: Smallest radius (pixels) of the top-hat that removes the background before Otsu's threshold:
-#: nuclei on a bright embryo body separate with 20 and merge into the body again from about 30
+#: nuclei on a bright embryo body separate with 20, and with 40 the body's seeds come back
 #: (:func:`background_radius`; training images, docs/models.md).
 BACKGROUND_RADIUS_FLOOR = 20
 
