@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_sam_micro.core import background as bg_mod
+from napari_sam_micro.core import bands as bands_mod
 from napari_sam_micro.core.background import median_object_diameter, white_tophat_in_place
 from napari_sam_micro.core.seeds import BACKGROUND_RADIUS_FLOOR, background_radius, find_seeds
 
 
 @pytest.mark.parametrize(("shape", "radius"), [((600, 90), 20), ((70, 40), 3), ((900, 50), 130)])
 def test_banded_tophat_equals_scipys(shape, radius, monkeypatch):
-    monkeypatch.setattr(bg_mod, "_BAND_ROWS", 64)  # several bands even on small planes
+    monkeypatch.setattr(bands_mod, "BAND_ROWS", 64)  # several bands even on small planes
     x = np.random.default_rng(1).random(shape).astype(np.float32)
     y = x.copy()
     white_tophat_in_place(y, radius)

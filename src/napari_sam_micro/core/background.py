@@ -17,19 +17,17 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["white_tophat_in_place", "median_object_diameter"]
+from .bands import filter_in_place
 
-#: Rows per band of :func:`white_tophat_in_place`.
-_BAND_ROWS = 256
+__all__ = ["white_tophat_in_place", "median_object_diameter"]
 
 
 def white_tophat_in_place(signal: np.ndarray, radius: int) -> None:
     """``signal[...] -= grey_opening(signal, (2 r + 1, 2 r + 1))``, band by band.
 
     An output row of the opening (a minimum filter, then a maximum filter, each ``2 r + 1`` wide)
-    depends on the input rows within ``2 r`` of it; each band is filtered with that many original
-    rows around it (the rows just above it, already overwritten, are kept aside first). Equal to
-    ``scipy.ndimage.white_tophat(signal, size=2 r + 1)`` (tested).
+    depends on the input rows within ``2 r`` of it (:func:`~napari_sam_micro.core.bands.filter_in_place`).
+    Equal to ``scipy.ndimage.white_tophat(signal, size=2 r + 1)`` (tested).
 
     Parameters
     ----------
@@ -39,17 +37,11 @@ def white_tophat_in_place(signal: np.ndarray, radius: int) -> None:
         Half the side of the square; structures narrower than ``2 r + 1`` pixels are kept.
     """
     size = 2 * int(radius) + 1
-    margin = 2 * int(radius)
-    h = signal.shape[0]
-    rows = max(_BAND_ROWS, margin)
-    above = signal[0:0].copy()  # original rows just above the current band
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        lo, hi = max(0, r0 - margin), min(h, r1 + margin)
-        context = np.concatenate([above, signal[r0:hi]]) if r0 > lo else signal[r0:hi]
-        opened = ndi.maximum_filter(ndi.minimum_filter(context, size=size), size=size)[r0 - lo : r1 - lo]
-        above = signal[max(0, r1 - margin) : r1].copy()
-        signal[r0:r1] -= opened
+
+    def tophat(rows: np.ndarray) -> np.ndarray:
+        return rows - ndi.maximum_filter(ndi.minimum_filter(rows, size=size), size=size)
+
+    filter_in_place(signal, tophat, 2 * int(radius))
 
 
 def median_object_diameter(objects: np.ndarray, pieces: np.ndarray, max_pieces: int = 4, min_area: int = 20) -> float:

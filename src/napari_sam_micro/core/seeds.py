@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 
 from .automatic import box_nms
 from .background import median_object_diameter, white_tophat_in_place
+from .bands import bands, filter_in_place
 from .labels import OBJECT_COLUMNS, instance_labels_from_masks, object_row
 from .masks import mask_to_box_xyxy, postprocess_mask
 
@@ -191,11 +192,21 @@ def foreground_threshold(
     polarity = _objects_polarity(signal, polarity)
     if not background:
         return otsu_threshold(signal), polarity, 0
+    radius = _remove_background(signal, polarity, step=step)
+    return otsu_threshold(signal), polarity, radius
+
+
+def _remove_background(signal: np.ndarray, polarity: str, radius: int | None = None, step: int = 1) -> int:
+    """In place: the objects made bright (negated when dark), then the top-hat of ``radius``
+    (default :func:`background_radius`) in plane pixels, ``signal`` being every ``step``-th pixel;
+    returns the radius."""
+    step = max(1, int(step))
     if polarity == "dark":
         np.negative(signal, out=signal)
-    radius = background_radius(signal, step)
-    white_tophat_in_place(signal, max(1, int(round(radius / max(1, int(step))))))
-    return otsu_threshold(signal), polarity, radius
+    if radius is None:
+        radius = background_radius(signal, step)
+    white_tophat_in_place(signal, max(1, int(round(radius / step))))
+    return radius
 
 
 def foreground_mask(
@@ -233,12 +244,10 @@ def foreground_mask(
         radius = int(threshold[2]) if len(threshold) > 2 else 0
     else:
         polarity = _objects_polarity(signal, polarity)
-        radius = background_radius(signal if polarity == "bright" else -signal) if background else 0
+        radius = None if background else 0  # None: this image's own (_remove_background)
         t = None
-    if radius > 0:
-        if polarity == "dark":
-            np.negative(signal, out=signal)
-        white_tophat_in_place(signal, radius)
+    if radius != 0:
+        _remove_background(signal, polarity, radius)
         mask = signal > (otsu_threshold(signal) if t is None else t)
     elif t is not None:
         mask = signal < t if polarity == "dark" else signal > t
@@ -328,31 +337,12 @@ def find_seeds(
     return _maxima(dist, allowed, min_distance, max_seeds)
 
 
-#: Rows per band of the banded filters.
-_BAND_ROWS = 256
-
-
-def _bands(h: int, margin: int, rows: int = _BAND_ROWS):
-    """``(r0, r1, lo, hi)``: bands ``[r0, r1)`` of ``h`` rows and their context ``[lo, hi)`` (``margin`` more each side)."""
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        yield r0, r1, max(0, r0 - margin), min(h, r1 + margin)
-
-
 def _gaussian_in_place(image: np.ndarray, sigma: float) -> None:
     """``image[...] = ndi.gaussian_filter(image, sigma)`` band by band (same values, no full-size copy).
 
-    An output row depends on the input rows within the kernel's radius (``truncate`` = 4 σ); each
-    band is filtered with that many original rows around it (the rows above it, already overwritten,
-    are kept aside first).
+    An output row depends on the input rows within the kernel's radius (``truncate`` = 4 σ).
     """
-    margin = int(4.0 * float(sigma) + 0.5)
-    above = image[0:0].copy()  # original rows just above the current band
-    for r0, r1, lo, hi in _bands(image.shape[0], margin, max(_BAND_ROWS, margin)):
-        context = np.concatenate([above, image[r0:hi]]) if r0 > lo else image[r0:hi]
-        out = ndi.gaussian_filter(context, sigma)[r0 - lo : r1 - lo]
-        above = image[max(0, r1 - margin) : r1].copy()
-        image[r0:r1] = out
+    filter_in_place(image, lambda rows: ndi.gaussian_filter(rows, sigma), int(4.0 * float(sigma) + 0.5))
 
 
 #: :func:`distance_to_background` works object by object unless their boxes add up to more than this many planes.
@@ -405,7 +395,7 @@ def _maxima(
     """
     size = 2 * int(max(1, min_distance)) + 1
     peaks = np.zeros(score.shape, bool)
-    for r0, r1, lo, hi in _bands(score.shape[0], size // 2):
+    for r0, r1, lo, hi in bands(score.shape[0], size // 2):
         top = ndi.maximum_filter(score[lo:hi], size=size, mode="nearest")[r0 - lo : r1 - lo]
         peaks[r0:r1] = score[r0:r1] == top
     peaks &= allowed
