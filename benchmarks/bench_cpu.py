@@ -119,7 +119,7 @@ def bench_fresh(model, spec, data, n_objects, kind):
             cache = EmbeddingCache(2 << 30)
             cache.put(plane_key, base.embedding)
             session = _session(model, spec, raw, cache)
-            session._object_scale()  # measured in the plane's worker in the Annotator
+            session.plane_embeddings.object_scale()  # measured in the plane's worker in the Annotator
             prompts, gt = _prompts(labels, oid, kind)
             t0 = time.perf_counter()
             pred = drain(session.predict_job(prompts))
