@@ -155,15 +155,15 @@ def bench_everything(model, spec, data):
     """Seconds per ground-truth object, F1 at IoU 0.5 and windows encoded, of seeded everything mode."""
     from napari_sam_micro.core.metrics import instance_scores
     from napari_sam_micro.core.progress import drain
-    from napari_sam_micro.core.seeds import find_seeds
+    from napari_sam_micro.core.seeds import everything_seeds
     from napari_sam_micro.plane_jobs import segment_seeds_job
 
     total, n_gt, f1s, windows = 0.0, 0, [], 0
     for _rec, raw, labels in data:
         session = _session(model, spec, raw)
         t0 = time.perf_counter()
-        seeds = find_seeds(session.plane_embeddings.normalized_plane())
-        result = drain(segment_seeds_job(session, seeds))
+        seeds, foreground = everything_seeds(session.plane_embeddings.normalized_plane())
+        result = drain(segment_seeds_job(session, seeds, foreground=foreground))
         total += time.perf_counter() - t0
         n_gt += len(np.unique(labels)) - 1
         windows += result.windows_encoded

@@ -722,12 +722,11 @@ def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, s
     """F1 of the everything mode the plugin runs for this model (seeds or SAM's grid)."""
     from .core.automatic import automatic_segmentation
     from .core.progress import drain
-    from .core.seeds import find_seeds, foreground_threshold
+    from .core.seeds import everything_seeds
     from .core.touching import TOUCHING_H
 
     if spec.seeded_everything:
-        foreground = foreground_threshold(image)  # once for the seeds and the second pass
-        seeds = find_seeds(image, h=TOUCHING_H if split_touching else 0.0, threshold=foreground)
+        seeds, foreground = everything_seeds(image, h=TOUCHING_H if split_touching else 0.0)
         pred = drain(segment_seeds_job(user.session, seeds, split_touching=split_touching, foreground=foreground)).labels
     else:
         pred = drain(automatic_segmentation(user.session.model, image, params)).to_label_image(labels.shape)

@@ -30,7 +30,7 @@ from .core.model_api import PromptableModel
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Job, Progress
 from .core.prompts import Prompts
-from .core.seeds import SEED_IOU_FLOOR, find_seeds, foreground_threshold
+from .core.seeds import SEED_IOU_FLOOR, everything_seeds
 from .core.touching import TOUCHING_H
 from .plane_jobs import segment_seeds_job
 from .session import AnnotationSession
@@ -180,12 +180,8 @@ def everything_job(
     yield Progress(0, 0, "Finding object centres")
     session = AnnotationSession(model, cache, config, model_id=model_id, **AnnotationSession.options_for(spec))
     session.set_image(plane)
-    image = normalize_image(plane, config)
-    # measured once for the seeds and the second pass (the background radius is not free)
-    foreground = options.foreground or foreground_threshold(image)
-    seeds = find_seeds(image, min_distance=int(options.min_distance),
-                       h=TOUCHING_H if options.split_touching else 0.0, threshold=foreground)
-    del image
+    seeds, foreground = everything_seeds(normalize_image(plane, config), min_distance=int(options.min_distance),
+                                         h=TOUCHING_H if options.split_touching else 0.0, threshold=options.foreground)
     res = yield from segment_seeds_job(
         session,
         seeds,

@@ -9,6 +9,7 @@ from napari_sam_micro.core.labels import OBJECT_COLUMNS, object_row
 from napari_sam_micro.core.seeds import (
     add_uncovered_masks,
     choose_seed_mask,
+    everything_seeds,
     find_seeds,
     foreground_mask,
     foreground_threshold,
@@ -65,6 +66,28 @@ def test_touching_blobs_get_two_seeds_and_min_distance_merges_them():
     assert len(merged) < len(seeds)
     d = np.max(np.abs(merged[:, None] - merged[None]), axis=-1) + np.eye(len(merged)) * 1e9
     assert d.min() >= 20
+
+
+@pytest.mark.parametrize("bright", [True, False])
+def test_everything_seeds_measure_the_threshold_once_and_return_it(bright, monkeypatch):
+    import napari_sam_micro.core.seeds as seeds_mod
+
+    img, centres = _blobs(bright=bright)
+    own = foreground_threshold(img)
+    calls = []
+    measure = seeds_mod.background_radius
+    monkeypatch.setattr(seeds_mod, "background_radius", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    seeds, threshold = everything_seeds(img, min_distance=4)
+    assert threshold == own and len(calls) == 1
+    # the same seeds and second-pass foreground as with the image's own threshold, radius not measured again
+    np.testing.assert_array_equal(seeds, find_seeds(img, min_distance=4))
+    calls.clear()
+    np.testing.assert_array_equal(foreground_mask(img, threshold=threshold)[0], foreground_mask(img)[0])
+    assert len(calls) == 1  # only the call without the threshold measured it
+    # a tile's caller passes the whole plane's threshold through
+    given = (10.0, own[1], own[2])  # above every pixel: nothing is foreground
+    none, passed = everything_seeds(img, threshold=given)
+    assert passed == given and len(none) == 0
 
 
 def test_empty_and_constant_images_have_no_seeds():

@@ -45,6 +45,7 @@ __all__ = [
     "BACKGROUND_RADIUS_FLOOR",
     "BACKGROUND_RADIUS_FACTOR",
     "find_seeds",
+    "everything_seeds",
     "distance_to_background",
     "uncovered_seeds",
     "choose_seed_mask",
@@ -335,6 +336,33 @@ def find_seeds(
 
         return h_maxima_seeds(dist, allowed, float(h), min_distance, max_seeds)
     return _maxima(dist, allowed, min_distance, max_seeds)
+
+
+def everything_seeds(image: np.ndarray, *, threshold: tuple | None = None, **options) -> tuple[np.ndarray, tuple]:
+    """Everything mode's seeds and the foreground threshold they were found with.
+
+    The threshold (with its polarity and background radius, :func:`foreground_threshold`) is
+    measured once and returned, so that the second pass's foreground
+    (:func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`'s ``foreground``) need not
+    measure the background radius again; seeds and masks are those of the plane's own threshold.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) float
+        Normalised plane.
+    threshold : (float, str, int), optional
+        The whole plane's, when ``image`` is a tile of it; default: measured on ``image``.
+    **options
+        As :func:`find_seeds` (``min_distance``, ``h``, ...).
+
+    Returns
+    -------
+    seeds : (N, 2) float64
+        ``(row, col)``, highest score first.
+    threshold : (float, str, int)
+    """
+    threshold = threshold or foreground_threshold(image)
+    return find_seeds(image, threshold=threshold, **options), threshold
 
 
 def _gaussian_in_place(image: np.ndarray, sigma: float) -> None:
