@@ -367,6 +367,44 @@ def test_segment_seeds_job_decodes_the_seeds_of_a_window_in_two_batched_calls(di
     assert len(model.encoded_shapes) == n_enc
 
 
+def _seeded_runs(disk_model, radius, blobs, seeds_rc):
+    runs = {}
+    for reuse in (True, False):
+        model = disk_model(radius=radius)
+        s = AnnotationSession(model, EmbeddingCache(), crop_to_prompt=True)
+        s.set_image(_blobs(blobs=blobs))
+        result = drain(segment_seeds_job(s, seeds_rc, iou_floor=0.0, min_area=0, box_stage_reuse=reuse))
+        boxed = [c for c in model.decode_calls if c["boxes"] is not None]
+        runs[reuse] = (result, len(model.encoded_shapes), boxed)
+    return runs
+
+
+def test_everything_mode_decodes_the_box_stage_in_the_seeds_window_where_a_box_would_be(disk_model):
+    """By default a seed's box stage reuses its first-stage window when a box prompt would (core.seeded.BOX_STAGE_REUSE)."""
+    seeds_rc = np.array([[50.0, 60.0], [150.0, 180.0], [150.0, 182.0]])
+    runs = _seeded_runs(disk_model, 6, (((50, 60), 8), ((150, 180), 8)), seeds_rc)
+    reuse_result, reuse_encoded, reuse_boxed = runs[True]
+    own_result, own_encoded, _ = runs[False]
+    # the two first-stage windows only (the close seeds share one), each window's box stages in one call
+    assert reuse_result.windows_encoded == reuse_encoded == 2 < own_encoded
+    assert len(reuse_boxed) == 2 and sum(len(c["boxes"]) for c in reuse_boxed) == 3
+    assert reuse_result.table["index"] == own_result.table["index"] == [1, 2]
+    for oid in (1, 2):
+        a, b = reuse_result.labels == oid, own_result.labels == oid
+        assert (a & b).sum() / (a | b).sum() > 0.9
+
+
+def test_a_box_too_small_for_the_seeds_window_gets_the_window_of_its_own(disk_model):
+    # the blobs say "large objects" (large first-stage windows), the model answers with small disks:
+    # a box under a third of the window's side is not decoded there, with or without the rule
+    seeds_rc = np.array([[60.0, 70.0], [180.0, 220.0]])
+    runs = _seeded_runs(disk_model, 4, (((60, 70), 18), ((180, 220), 18)), seeds_rc)
+    reuse_result, reuse_encoded, _ = runs[True]
+    own_result, own_encoded, _ = runs[False]
+    assert reuse_encoded == own_encoded > 2
+    np.testing.assert_array_equal(reuse_result.labels, own_result.labels)
+
+
 def test_segment_seeds_job_second_pass_segments_foreground_left_without_a_seed(disk_model):
     model = disk_model(radius=8)
     blobs = (((50, 60), 8), ((150, 180), 8), ((240, 320), 8))

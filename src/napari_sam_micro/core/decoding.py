@@ -30,7 +30,9 @@ from .masks import mask_to_box_xyxy, stability_score
 from .model_api import Embedding, PromptableModel
 from .preprocess import prompt_window
 from .prompts import ObjectPrompt
-from .windows import BOX_STAGE_CENTRE_JITTER, BOX_STAGE_SCALE_RANGE, REUSE_SCALE_RANGE, Window, as_trained, covers_plane, reuse_window, square_window
+from .windows import (
+    BOX_STAGE_CENTRE_JITTER, BOX_STAGE_SCALE_RANGE, REUSE_SCALE_RANGE, Window, as_trained, covers_plane, fits, reuse_window, square_window,
+)
 
 __all__ = [
     "refinable_previous",
@@ -449,7 +451,7 @@ def click_box_windows(ctx: DecodeContext, points_xy: np.ndarray, window: Window 
 
 
 def decode_clicks_in_window(
-    ctx: DecodeContext, points_xy: np.ndarray, window: Window | None, choose=None
+    ctx: DecodeContext, points_xy: np.ndarray, window: Window | None, choose=None, box_stage_reuse: bool = False
 ) -> list[ObjectPreview | None]:
     """Single positive clicks decoded together in one window: two batched decoder calls.
 
@@ -465,6 +467,11 @@ def decode_clicks_in_window(
     points_xy : (B, 2) float
         Clicks ``(x, y)`` in plane pixels.
     window : Window or None
+    box_stage_reuse : bool
+        Decode a box stage in ``window`` itself wherever a box prompt would reuse it (the object
+        fits by :func:`~napari_sam_micro.core.windows.fits` at the prompts' reuse scale), else where
+        an Annotator click's box stage goes (everything mode, see
+        :data:`~napari_sam_micro.core.seeded.BOX_STAGE_REUSE`).
 
     Returns
     -------
@@ -485,7 +492,8 @@ def decode_clicks_in_window(
         box = _padded_box(prev, ctx.hw)
         keep.append(b)
         boxes.append(box)
-        stage2.append(_box_stage_window(ctx, box, window))
+        here = box_stage_reuse and (window is None or fits(box, window, ctx.hw, ctx.reuse_scale))
+        stage2.append(window if here else _box_stage_window(ctx, box, window))
     missing = [w for w in dict.fromkeys(stage2) if not ctx.is_ready(w)]
     if missing:  # the box windows of this window's objects: encoded together, then decoded again
         raise EmbeddingNotReady(missing)

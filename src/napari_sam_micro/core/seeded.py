@@ -5,7 +5,8 @@ For ``crop_to_prompt`` models each seed (an object centre from
 seed, the seeds' estimated object boxes are covered by few windows
 (:func:`~napari_sam_micro.core.windows.cover_objects`; already-encoded windows that fit are used
 first), the windows are encoded (in batches where the model can), and each window's seeds are
-decoded in two batched decoder calls (:func:`~napari_sam_micro.core.decoding.decode_clicks_in_window`).
+decoded in two batched decoder calls (:func:`~napari_sam_micro.core.decoding.decode_clicks_in_window`;
+the box stage stays in the shared window wherever a box prompt would reuse it, :data:`BOX_STAGE_REUSE`).
 A seed whose mask does not fit its window (an object larger than estimated) is decoded alone like
 an Annotator click. Masks are then cleaned, de-duplicated and painted
 (:func:`~napari_sam_micro.core.seeds.resolve_seeded_masks`), and a second pass seeds the foreground
@@ -47,6 +48,11 @@ from .touching import clip_merged_masks, seed_basins
 from .windows import Window, cover_objects, reuse_window
 
 __all__ = ["SeededSegmentation", "seeded_segmentation_job", "decode_seeds_job", "with_embeddings"]
+
+#: Everything mode decodes a seed's box stage in the window the seed shares wherever a box prompt
+#: would reuse that window, not in a window of its own: on 15 dev images 22 % fewer windows, 43 %
+#: less time, F1 not lower, matched IoU -0.005 (docs/models.md).
+BOX_STAGE_REUSE = True
 
 #: ``encode(windows) -> Job``: computes (and caches) the embeddings of the windows (None = plane).
 Encoder = Callable[[Sequence[Window | None]], Job]
@@ -115,7 +121,9 @@ def _plan(ctx: DecodeContext, points_xy: np.ndarray) -> tuple[list, np.ndarray]:
     return windows, assignment
 
 
-def decode_seeds_job(ctx: DecodeContext, seeds_rc, encode: Encoder, choose=None, what: str = "Seed", check=lambda: None) -> Job:
+def decode_seeds_job(
+    ctx: DecodeContext, seeds_rc, encode: Encoder, choose=None, what: str = "Seed", check=lambda: None, box_stage_reuse: bool = False
+) -> Job:
     """Decode each seed as a centred click; many seeds per window; a job returning ``list[ObjectPreview]``.
 
     Parameters
@@ -126,6 +134,9 @@ def decode_seeds_job(ctx: DecodeContext, seeds_rc, encode: Encoder, choose=None,
         ``encode(windows) -> Job`` computes missing embeddings.
     choose : callable, optional
         Multimask choice, ``choose(iou (3,), logits (3, h, w)) -> int``.
+    box_stage_reuse : bool
+        Decode a click's box stage in the window its seed shares where a box prompt would reuse it
+        (:func:`~napari_sam_micro.core.decoding.decode_clicks_in_window`).
     """
     seeds = np.asarray(seeds_rc, np.float64).reshape(-1, 2)
     points_xy = seeds[:, ::-1]
@@ -144,7 +155,7 @@ def decode_seeds_job(ctx: DecodeContext, seeds_rc, encode: Encoder, choose=None,
             idx = np.flatnonzero(assignment == j)
             if not len(idx):
                 continue
-            got = yield from with_embeddings(lambda: decode_clicks_in_window(ctx, points_xy[idx], window, choose), encode, check)
+            got = yield from with_embeddings(lambda: decode_clicks_in_window(ctx, points_xy[idx], window, choose, box_stage_reuse), encode, check)
             for k, prev in zip(idx, got):
                 results[k] = prev
             done += len(idx)
@@ -181,6 +192,7 @@ def seeded_segmentation_job(
     refill: bool = True,
     split_touching: bool = False,
     foreground: tuple | None = None,
+    box_stage_reuse: bool = BOX_STAGE_REUSE,
 ) -> Job[SeededSegmentation]:
     """Seeded everything mode on one plane (see the module docstring); a job.
 
@@ -205,6 +217,9 @@ def seeded_segmentation_job(
     foreground : (float, str, int), optional
         The whole plane's foreground threshold, polarity and background radius when ``image`` is a tile of it
         (:func:`~napari_sam_micro.core.seeds.foreground_threshold`); default: ``image``'s own.
+    box_stage_reuse : bool
+        A seed's box stage in the window it shares with other seeds where a box prompt would reuse
+        that window (default :data:`BOX_STAGE_REUSE`); False: where an Annotator click's goes.
     """
     hw = ctx.hw
     seeds = np.asarray(seeds_rc, dtype=np.float64).reshape(-1, 2)
@@ -221,7 +236,7 @@ def seeded_segmentation_job(
     def split(previews):
         return [p.mask for p in previews], [p.predicted_iou for p in previews], [p.stability for p in previews]
 
-    masks, pious, stabs = split((yield from decode_seeds_job(ctx, seeds, counted, choose, "Seed", check)))
+    masks, pious, stabs = split((yield from decode_seeds_job(ctx, seeds, counted, choose, "Seed", check, box_stage_reuse)))
     yield Progress(len(seeds), len(seeds), "Resolving overlaps")
     if split_touching and len(seeds):
         masks = clip_merged_masks(masks, seeds, seed_basins(foreground_mask(image, threshold=foreground)[0], seeds))
@@ -234,6 +249,6 @@ def seeded_segmentation_job(
         area = max(min_area, int(REFILL_AREA_FRACTION * float(np.median(table["area"]))))
         extra = uncovered_seeds(covered, labels_img, min_area=area)
         if len(extra):
-            masks, pious, stabs = split((yield from decode_seeds_job(ctx, extra, counted, choose, "Uncovered region", check)))
+            masks, pious, stabs = split((yield from decode_seeds_job(ctx, extra, counted, choose, "Uncovered region", check, box_stage_reuse)))
             labels_img, table = add_uncovered_masks(labels_img, table, masks, pious, stabs, min_area=min_area, fill_holes=fill_holes)
     return SeededSegmentation(labels_img, table, seeds, generation, extra, encoded[0])
