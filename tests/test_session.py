@@ -380,7 +380,7 @@ def _seeded_runs(disk_model, radius, blobs, seeds_rc):
 
 
 def test_everything_mode_decodes_the_box_stage_in_the_seeds_window_where_a_box_would_be(disk_model):
-    """By default a seed's box stage reuses its first-stage window when a box prompt would (core.seeded.BOX_STAGE_REUSE)."""
+    """With ``box_stage_reuse`` a seed's box stage reuses its first-stage window when a box prompt would (off by default)."""
     seeds_rc = np.array([[50.0, 60.0], [150.0, 180.0], [150.0, 182.0]])
     runs = _seeded_runs(disk_model, 6, (((50, 60), 8), ((150, 180), 8)), seeds_rc)
     reuse_result, reuse_encoded, reuse_boxed = runs[True]
