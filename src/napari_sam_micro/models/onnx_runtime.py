@@ -16,6 +16,7 @@ Imports numpy and (inside functions) onnxruntime only.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -67,12 +68,14 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
 # -- numpy resampling equal to torch's F.interpolate ---------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def resize_weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
-    """``(out_size, in_size)`` ``float32`` matrix of torch's bilinear resize along one axis.
+    """``(out_size, in_size)`` ``float32`` matrix of torch's bilinear resize along one axis (read-only, cached).
 
     ``align_corners=False``; with ``antialias`` torch's antialiased kernel (a triangle filter
     widened by the downscaling factor, normalised per output pixel), else plain bilinear
-    (source index clamped at 0, the next pixel clamped at the edge).
+    (source index clamped at 0, the next pixel clamped at the edge). Cached because every window
+    and every decoded mask asks for a few of them again.
     """
     scale = in_size / out_size
     weights = np.zeros((out_size, in_size), np.float64)
@@ -85,18 +88,20 @@ def resize_weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
         frac = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float64)
         np.add.at(weights, (rows, i0), 1.0 - frac)
         np.add.at(weights, (rows, i1), frac)
-        return weights.astype(np.float32)
-    support = scale if scale >= 1.0 else 1.0
-    invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    for i in rows:
-        center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        taps = np.arange(lo, hi)
-        w = np.maximum(0.0, 1.0 - np.abs((taps - center + 0.5) * invscale))
-        total = w.sum()
-        weights[i, lo:hi] = w / total if total > 0 else w
-    return weights.astype(np.float32)
+    else:
+        support = scale if scale >= 1.0 else 1.0
+        invscale = 1.0 / scale if scale >= 1.0 else 1.0
+        center = scale * (rows + 0.5)
+        lo = np.maximum((center - support + 0.5).astype(np.int64), 0)
+        hi = np.minimum((center + support + 0.5).astype(np.int64), in_size)
+        taps = np.arange(in_size)[None, :]
+        inside = (taps >= lo[:, None]) & (taps < hi[:, None])
+        w = np.where(inside, np.maximum(0.0, 1.0 - np.abs((taps - center[:, None] + 0.5) * invscale)), 0.0)
+        total = w.sum(axis=1, keepdims=True)
+        weights = np.divide(w, total, out=w, where=total > 0)
+    out = weights.astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def _resize_longest_side_shape(height: int, width: int, target: int) -> tuple[int, int]:
