@@ -8,7 +8,6 @@ these tests load them from there and compare on DSB 2018 images of all three mod
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,10 @@ from napari_sam_micro.core.preprocess import PreprocessConfig, normalize_image
 
 pytestmark = pytest.mark.data
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_skimage.py"
-
 
 @pytest.fixture(scope="module")
-def former():
-    spec = importlib.util.spec_from_file_location("bench_skimage", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def former(load_benchmark):
+    return load_benchmark("bench_skimage")
 
 
 def _dsb_images(shared_data: Path, per_modality: int = 4):
