@@ -277,6 +277,7 @@ def test_everything_settings_are_checked(disk_test_model):
     with pytest.warns(UserWarning, match="seeds mode: points_per_side ignored"):
         options = api.everything_options(spec, filters={"points_per_side": 8, "min_area": 30})
     assert options.min_area == 30
+    assert api.everything_options(spec, filters={"fewer_windows": True}).fewer_windows is True
     with pytest.raises(UserInputError, match="no seeds mode"):
         api.everything_options(registry.get_spec("vit_b"), mode="seeds")
     with pytest.raises(ValueError, match="model name"):

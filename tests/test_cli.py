@@ -89,3 +89,20 @@ def test_parser_defaults():
     assert args.split == "val" and args.clicks == 3 and args.everything is True and args.model is None
     assert args.checkpoint is None
     assert build_parser().parse_args(["evaluate", "--data", "d", "--checkpoint", "w.npz"]).checkpoint == "w.npz"
+
+
+def test_fewer_windows_reaches_segment_and_evaluate(tmp_path, disk_test_model):
+    from napari_sam_micro.cli import _segment_settings
+
+    parser = build_parser()
+    for flag, want in (([], False), (["--fewer-windows"], True)):
+        args = parser.parse_args(["segment", str(tmp_path), "--out", str(tmp_path / "o"), *flag])
+        assert _segment_settings(args).options.fewer_windows is want
+    _write_set(tmp_path / "data", 1)
+    out_json = tmp_path / "result.json"
+    code = main(["evaluate", "--model", "disk-test", "--data", str(tmp_path / "data"), "--split", "all", "--prompts", "box",
+                 "--baselines", "", "--fewer-windows", "--device", "cpu", "--json", str(out_json), "--quiet"])
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    assert result["settings"]["fewer_windows"] is True
+    assert len(result["everything"]) == 1 and result["everything"][0]["tp"] >= 2  # the seeds mode ran and found discs

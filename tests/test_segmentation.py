@@ -92,3 +92,19 @@ def test_split_touching_keeps_a_merging_mask_in_its_nucleus(wide_disk_model):
             assert np.sum(first & (gt == 2)) < 0.1 * np.sum(gt == 2)  # no longer reaches into the neighbour
     assert at_centres[False][0] == at_centres[False][1]  # without: the first mask took both nuclei
     assert 0 not in at_centres[True] and at_centres[True][0] != at_centres[True][1]
+
+
+def test_fewer_windows_keeps_the_objects_and_encodes_fewer_windows(disk_test_model):
+    assert EverythingOptions().fewer_windows is False
+    spec = registry.get_spec("disk-test")
+    model = registry.load_model("disk-test")
+    img, gt = _blobs(centres=((60, 60), (60, 88), (150, 170)))  # the first two share a window
+    runs = {}
+    for fewer in (False, True):
+        runs[fewer] = drain(everything_job(model, img, spec, options=EverythingOptions(iou_floor=0.0, fewer_windows=fewer)))
+    assert runs[True].windows_encoded < runs[False].windows_encoded
+    for res in runs.values():
+        for k in range(1, 4):
+            ids = np.unique(res.labels[gt == k])
+            assert len(ids) == 1 and ids[0] > 0
+            assert np.logical_and(res.labels == ids[0], gt == k).sum() / (gt == k).sum() > 0.9

@@ -112,6 +112,7 @@ def _evaluate(args) -> int:
         on_image=save if out is not None else None,
         split_by=args.split_by,
         split_touching=args.split_touching,
+        fewer_windows=args.fewer_windows,
     )
     result = drain(job, None if args.quiet else _bar(sys.stderr))
     if not args.quiet:
@@ -168,7 +169,7 @@ def _segment_settings(args):
     grid = AmgParams(pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh)
     options = EverythingOptions(
         mode=args.mode, min_distance=args.min_distance, iou_floor=args.iou_floor, nms_thresh=args.nms_thresh,
-        min_area=args.min_area, grid=grid,
+        min_area=args.min_area, fewer_windows=args.fewer_windows, grid=grid,
     )
     try:
         lo, hi = (float(v) for v in args.percentiles.split(","))
@@ -233,6 +234,8 @@ def _add_segment(sub) -> None:
     sg.add_argument("--iou-floor", type=float, default=defaults.iou_floor, help="seeds: drop masks with lower predicted IoU")
     sg.add_argument("--nms-thresh", type=float, default=defaults.nms_thresh, help="overlap above which duplicates are dropped")
     sg.add_argument("--min-area", type=int, default=defaults.min_area, help="drop objects smaller than this (px)")
+    sg.add_argument("--fewer-windows", action="store_true",
+                    help="seeds: faster (about 40 %% less time), slightly lower F1 on held-out nuclei (docs/models.md)")
     sg.add_argument("--pred-iou-thresh", type=float, default=defaults.grid.pred_iou_thresh, help="grid: predicted IoU threshold")
     sg.add_argument("--stability-thresh", type=float, default=defaults.grid.stability_score_thresh, help="grid: stability threshold")
     sg.add_argument("--percentiles", default="1,99.8", help="intensity stretch 'low,high' (percent)")
@@ -271,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the everything mode on at most N images per modality")
     ev.add_argument("--split-touching", action="store_true",
                     help="everything mode: split touching nuclei (off by default, see docs/models.md)")
+    ev.add_argument("--fewer-windows", action="store_true",
+                    help="everything mode: the faster seeds mode with fewer windows (off by default, see docs/models.md)")
     ev.add_argument("--modalities", default=None, help="comma-separated modalities to evaluate (default: all)")
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", default=None, help="write the full result here")

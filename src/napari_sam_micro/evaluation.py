@@ -467,6 +467,7 @@ def evaluate_job(
     on_image: Callable[[dict], None] | None = None,
     split_by: str = "image",
     split_touching: bool = False,
+    fewer_windows: bool = False,
 ) -> Generator[Progress, None, dict]:
     """Evaluate ``model_name`` (and baselines) with a simulated user; a job.
 
@@ -516,6 +517,9 @@ def evaluate_job(
     split_touching : bool
         Seeds mode: run the everything mode with
         :attr:`napari_sam_micro.segmentation.EverythingOptions.split_touching`.
+    fewer_windows : bool
+        Seeds mode: run the everything mode with
+        :attr:`napari_sam_micro.segmentation.EverythingOptions.fewer_windows`.
 
     Yields
     ------
@@ -538,9 +542,10 @@ def evaluate_job(
     settings = {"prompt_kinds": list(prompt_kinds), "n_clicks": n_clicks, "max_objects": max_objects,
                 "checkpoint": None if checkpoint is None else str(checkpoint),
                 "min_area": min_area, "seed": seed, "everything_images": everything_images,
-                "limit": limit, "split": split, "split_by": split_by, "split_touching": split_touching}
+                "limit": limit, "split": split, "split_by": split_by, "split_touching": split_touching,
+                "fewer_windows": fewer_windows}
     run = _Run(model_names, specs, models, embedding_ids, "ellipse" in baselines, tuple(prompt_kinds), n_clicks,
-               min_area, max_objects, seed, everything, everything_images, amg_params, split_touching)
+               min_area, max_objects, seed, everything, everything_images, amg_params, split_touching, fewer_windows)
     results = _Results(split, settings)
     done = 0
     for rec in records:
@@ -599,6 +604,7 @@ class _Run:
     everything_images: int | None
     amg_params: object
     split_touching: bool = False
+    fewer_windows: bool = False
 
 
 @dataclass
@@ -671,7 +677,7 @@ def _evaluate_image(run: _Run, rec: ImageRecord, amg_done: dict, progress: tuple
         if run.everything and (run.everything_images is None or count < run.everything_images):
             counted.append((name, rec.modality))
             image = normalize_image(raw, config)
-            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params, run.split_touching))
+            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params, run.split_touching, run.fewer_windows))
     for key in counted:  # only an image evaluated to the end counts towards everything_images
         amg_done[key] = amg_done.get(key, 0) + 1
     return rows, f1_rows, len(objects)
@@ -718,7 +724,7 @@ def _score_objects(user: _PluginUser, name, rec, labels, objects, kinds, n_click
     return rows
 
 
-def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, split_touching=False) -> dict:
+def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, split_touching=False, fewer_windows=False) -> dict:
     """F1 of the everything mode the plugin runs for this model (seeds or SAM's grid)."""
     from .core.automatic import automatic_segmentation
     from .core.progress import drain
@@ -727,7 +733,9 @@ def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, s
 
     if spec.seeded_everything:
         seeds, foreground = everything_seeds(image, h=TOUCHING_H if split_touching else 0.0)
-        pred = drain(segment_seeds_job(user.session, seeds, split_touching=split_touching, foreground=foreground)).labels
+        pred = drain(segment_seeds_job(
+            user.session, seeds, split_touching=split_touching, foreground=foreground, box_stage_reuse=fewer_windows,
+        )).labels
     else:
         pred = drain(automatic_segmentation(user.session.model, image, params)).to_label_image(labels.shape)
     scores = instance_scores(labels, pred)

@@ -31,14 +31,19 @@ def test_everything_settings_are_restored_in_a_new_widget_and_reset(qtbot):
     first.iou_slider.setValue(0.5)
     first.points_spin.setValue(12)
     first.fill_holes_check.setChecked(True)
+    assert first.seed_options().fewer_windows is False
+    first.fewer_windows_check.setChecked(True)
+    assert first.seed_options().fewer_windows is True  # what the seeds-mode run gets
     first.mode_combo.setCurrentIndex(first.mode_combo.findData("grid"))
     stored = load_section("everything")
     assert stored["iou"] == pytest.approx(0.5) and stored["points"] == 12 and stored["fill_holes"] is True
+    assert stored["fewer_windows"] is True
 
     second = EverythingWidget(viewer)
     qtbot.addWidget(second)
     assert second.iou_slider.value() == pytest.approx(0.5)
     assert second.points_spin.value() == 12 and second.fill_holes_check.isChecked()
+    assert second.fewer_windows_check.isChecked()
     assert second.mode_combo.currentData() == "grid"
 
     second.reset_button.click()

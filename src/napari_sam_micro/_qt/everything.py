@@ -227,7 +227,7 @@ class EverythingWidget(QWidget):
         if kind != PLANES_ONE:
             return self._run_stack(kind, target, config)
         if self.mode() == MODE_SEEDS:
-            job = self._seeds_job(model_name, plane, config, self.seed_spin.value())
+            job = self._seeds_job(model_name, plane, config, self.seed_options())
             on_result = lambda res: self._on_seeded(res, target)  # noqa: E731
         else:
             key = embedding_key(content_digest(plane), embedding_model_id(model_name), config.key())
@@ -246,9 +246,15 @@ class EverythingWidget(QWidget):
         candidates = yield from generate_candidates(model, image, params, cache=self.state.cache, cache_key=key)
         return candidates
 
-    def _seeds_job(self, model_name, plane, config, min_distance):
+    def seed_options(self, mode: str = MODE_SEEDS) -> EverythingOptions:
+        """The everything-mode options of the form (seed spacing, fewer windows, the grid's settings)."""
+        return EverythingOptions(
+            mode=mode, min_distance=int(self.seed_spin.value()), fewer_windows=self.fewer_windows_check.isChecked(),
+            grid=self.params(),
+        )
+
+    def _seeds_job(self, model_name, plane, config, options: EverythingOptions):
         model = yield from self.state.models.get_job(model_name)
-        options = EverythingOptions(mode=MODE_SEEDS, min_distance=int(min_distance))
         spec, model_id = get_spec(model_name), embedding_model_id(model_name)
         if needs_tiling(plane.shape[:2]):  # large planes: tiles with a halo, read lazily, stitched
             tiled = yield from tiled_everything_job(model, plane, spec, preprocess=config, options=options, model_id=model_id)
@@ -266,7 +272,7 @@ class EverythingWidget(QWidget):
             notify_exception(err)
             return None
         axis = len(index) - 1 if kind == "z" else 0
-        options = EverythingOptions(mode=self.mode(), min_distance=int(self.seed_spin.value()), grid=self.params())
+        options = self.seed_options(self.mode())
 
         def get_plane(p):
             return plane_data(image_layer, geometry, index[:axis] + (int(p),) + index[axis + 1 :])

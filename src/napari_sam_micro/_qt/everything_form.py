@@ -27,7 +27,7 @@ class EverythingForm(QWidget):
 
     CONTROLS = (
         "mode_combo", "planes_combo", "seed_spin", "points_spin", "crop_layers_spin", "iou_slider", "stability_slider", "nms_slider",
-        "min_area_spin", "max_area_spin", "fill_holes_check", "fragment_spin", "largest_check",
+        "min_area_spin", "max_area_spin", "fill_holes_check", "fragment_spin", "largest_check", "fewer_windows_check",
     )
 
     def __init__(self, parent: QWidget | None = None):
@@ -71,6 +71,12 @@ class EverythingForm(QWidget):
             "smallest object). Larger values merge nearby seeds; smaller ones split objects.",
             " px",
         )
+        self.fewer_windows_check = QCheckBox("Faster: fewer windows", self)
+        self.fewer_windows_check.setToolTip(
+            "Seeds mode: decode each object's second stage in the window it shares with its neighbours "
+            "where the model allows it. About 40 % less time on nuclei images; on held-out nuclei it found "
+            "slightly fewer objects (F1 0.853 against 0.859)."
+        )
 
     def _make_run(self) -> None:
         self.points_spin = spin(
@@ -112,7 +118,9 @@ class EverythingForm(QWidget):
 
     def _layout(self) -> None:
         self.seed_box = QGroupBox("Seeds", self)
-        QFormLayout(self.seed_box).addRow("Seed spacing:", self.seed_spin)
+        seed_form = QFormLayout(self.seed_box)
+        seed_form.addRow("Seed spacing:", self.seed_spin)
+        seed_form.addRow(self.fewer_windows_check)
         run_box = QGroupBox("Model run", self)
         run_form = QFormLayout(run_box)
         run_form.addRow("Points per side:", self.points_spin)
