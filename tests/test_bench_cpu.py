@@ -36,9 +36,20 @@ def test_fresh_and_preencoded_prompts_are_measured(bench, micro_tiny_and_plane, 
     assert not ious or min(ious) > 0.6
 
 
-def test_everything_mode_is_measured(bench, micro_tiny_and_plane):
+def test_everything_mode_is_measured(bench, micro_tiny_and_plane, monkeypatch):
+    from napari_sam_micro import plane_jobs
+
     model, spec, data = micro_tiny_and_plane
+    asked = []
+    real = plane_jobs.segment_seeds_job
+
+    def spy(session, seeds, **options):
+        asked.append(options.get("box_stage_reuse"))
+        return real(session, seeds, **options)
+
+    monkeypatch.setattr(plane_jobs, "segment_seeds_job", spy)
     for fewer in (False, True):
         per_object, f1, windows, n_gt = bench.bench_everything(model, spec, data, fewer_windows=fewer)
         assert n_gt == len(np.unique(data[0][2])) - 1 and per_object > 0
         assert windows >= 1 and f1 > 0.7
+    assert asked == [False, True]  # the option's row runs the option

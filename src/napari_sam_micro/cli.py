@@ -234,8 +234,8 @@ def _add_segment(sub) -> None:
     sg.add_argument("--iou-floor", type=float, default=defaults.iou_floor, help="seeds: drop masks with lower predicted IoU")
     sg.add_argument("--nms-thresh", type=float, default=defaults.nms_thresh, help="overlap above which duplicates are dropped")
     sg.add_argument("--min-area", type=int, default=defaults.min_area, help="drop objects smaller than this (px)")
-    sg.add_argument("--fewer-windows", action="store_true",
-                    help="seeds: faster (about 40 %% less time), slightly lower F1 on held-out nuclei (docs/models.md)")
+    sg.add_argument("--fewer-windows", action=argparse.BooleanOptionalAction, default=defaults.fewer_windows,
+                    help="seeds: faster (a fifth to two fifths less time), slightly lower F1 on held-out nuclei (docs/models.md)")
     sg.add_argument("--pred-iou-thresh", type=float, default=defaults.grid.pred_iou_thresh, help="grid: predicted IoU threshold")
     sg.add_argument("--stability-thresh", type=float, default=defaults.grid.stability_score_thresh, help="grid: stability threshold")
     sg.add_argument("--percentiles", default="1,99.8", help="intensity stretch 'low,high' (percent)")
@@ -251,6 +251,8 @@ def _add_segment(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``napari-sam-micro`` argument parser."""
+    from .core.seeded import BOX_STAGE_REUSE
+
     parser = argparse.ArgumentParser(prog="napari-sam-micro", description="napari-sam-micro command line tools")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the everything mode on at most N images per modality")
     ev.add_argument("--split-touching", action="store_true",
                     help="everything mode: split touching nuclei (off by default, see docs/models.md)")
-    ev.add_argument("--fewer-windows", action="store_true",
+    ev.add_argument("--fewer-windows", action=argparse.BooleanOptionalAction, default=BOX_STAGE_REUSE,
                     help="everything mode: the faster seeds mode with fewer windows (off by default, see docs/models.md)")
     ev.add_argument("--modalities", default=None, help="comma-separated modalities to evaluate (default: all)")
     ev.add_argument("--device", default=None)

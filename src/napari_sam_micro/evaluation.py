@@ -46,6 +46,7 @@ from .core.masks import farthest_interior_point, mask_to_box_xyxy
 from .core.metrics import check_label_image, instance_scores, mask_iou
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Progress
+from .core.seeded import BOX_STAGE_REUSE
 from .core.touching import is_crowded, touching_fraction
 from .plane_jobs import segment_seeds_job
 
@@ -467,7 +468,7 @@ def evaluate_job(
     on_image: Callable[[dict], None] | None = None,
     split_by: str = "image",
     split_touching: bool = False,
-    fewer_windows: bool = False,
+    fewer_windows: bool = BOX_STAGE_REUSE,
 ) -> Generator[Progress, None, dict]:
     """Evaluate ``model_name`` (and baselines) with a simulated user; a job.
 

@@ -70,7 +70,7 @@ class EverythingOptions:
         Seeds mode, faster: a seed's second decoding stage (its first mask's box) stays in the
         window the seed shares with others wherever a box prompt would reuse that window
         (``box_stage_reuse`` of :func:`~napari_sam_micro.core.seeded.seeded_segmentation_job`):
-        about 40 % less time on fluorescence nuclei, F1@0.5 0.853 against 0.859 on 15 held-out
+        20-40 % less time on fluorescence nuclei, F1@0.5 0.853 against 0.859 on 15 held-out
         images (docs/models.md). Off by default.
     foreground : (float, str, int), optional
         Seeds mode: the foreground threshold, polarity and background radius of the whole plane

@@ -88,6 +88,9 @@ def test_everything_seeds_measure_the_threshold_once_and_return_it(bright, monke
     given = (10.0, own[1], own[2])  # above every pixel: nothing is foreground
     none, passed = everything_seeds(img, threshold=given)
     assert passed == given and len(none) == 0
+    # the threshold is measured with the caller's polarity and background options, as find_seeds would
+    for options in ({"polarity": "dark"}, {"background": False}):
+        np.testing.assert_array_equal(everything_seeds(img, **options)[0], find_seeds(img, **options))
 
 
 def test_empty_and_constant_images_have_no_seeds():

@@ -51,7 +51,7 @@ __all__ = ["SeededSegmentation", "seeded_segmentation_job", "decode_seeds_job", 
 
 #: Whether everything mode decodes a seed's box stage in the window the seed shares wherever a box
 #: prompt would reuse that window (``box_stage_reuse=True``), instead of where an Annotator click's
-#: goes. Off: on 15 dev images 22 % fewer windows and 43 % less time with F1 0.936 -> 0.939, but on
+#: goes. Off: on 15 dev images 22 % fewer windows and 41 % less time with F1 0.936 -> 0.939, but on
 #: the 15 held-out images F1 0.859 -> 0.853, below the bar set beforehand (docs/models.md).
 BOX_STAGE_REUSE = False
 

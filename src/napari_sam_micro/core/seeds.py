@@ -361,7 +361,9 @@ def everything_seeds(image: np.ndarray, *, threshold: tuple | None = None, **opt
         ``(row, col)``, highest score first.
     threshold : (float, str, int)
     """
-    threshold = threshold or foreground_threshold(image)
+    threshold = threshold or foreground_threshold(
+        image, polarity=options.get("polarity", "auto"), background=options.get("background", True)
+    )
     return find_seeds(image, threshold=threshold, **options), threshold
 
 

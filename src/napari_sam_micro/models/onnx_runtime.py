@@ -68,14 +68,14 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
 # -- numpy resampling equal to torch's F.interpolate ---------------------------------------------
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def resize_weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
     """``(out_size, in_size)`` ``float32`` matrix of torch's bilinear resize along one axis (read-only, cached).
 
     ``align_corners=False``; with ``antialias`` torch's antialiased kernel (a triangle filter
     widened by the downscaling factor, normalised per output pixel), else plain bilinear
     (source index clamped at 0, the next pixel clamped at the edge). Cached because every window
-    and every decoded mask asks for a few of them again.
+    and every decoded mask asks for a few of them again (64 at most: a few MB each for large windows).
     """
     scale = in_size / out_size
     weights = np.zeros((out_size, in_size), np.float64)
@@ -326,7 +326,7 @@ class OnnxSamAdapter:
         low = np.asarray(low_res_logits, np.float32)
         side = self.image_size
         if low.shape[-1] != side or low.shape[-2] != side:  # to the padded input (identity at 256)
-            low = resize_weights(low.shape[-2], side, False) @ low @ resize_weights(low.shape[-1], side, False).T
+            low = resize_weights(low.shape[-2], side, antialias=False) @ low @ resize_weights(low.shape[-1], side, antialias=False).T
         h, w = embedding.input_size
         low = low[..., :h, :w]
         out_h, out_w = (int(s) for s in embedding.original_size)
