@@ -48,7 +48,7 @@ from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Progress
 from .core.seeded import BOX_STAGE_REUSE
 from .core.touching import is_crowded, touching_fraction
-from .plane_jobs import segment_seeds_job
+from .segmentation import EverythingOptions, seeds_mode_job
 
 __all__ = [
     "SPLIT_SEED",
@@ -546,7 +546,8 @@ def evaluate_job(
                 "limit": limit, "split": split, "split_by": split_by, "split_touching": split_touching,
                 "fewer_windows": fewer_windows}
     run = _Run(model_names, specs, models, embedding_ids, "ellipse" in baselines, tuple(prompt_kinds), n_clicks,
-               min_area, max_objects, seed, everything, everything_images, amg_params, split_touching, fewer_windows)
+               min_area, max_objects, seed, everything, everything_images, amg_params,
+               EverythingOptions(split_touching=split_touching, fewer_windows=fewer_windows))
     results = _Results(split, settings)
     done = 0
     for rec in records:
@@ -604,8 +605,8 @@ class _Run:
     everything: bool
     everything_images: int | None
     amg_params: object
-    split_touching: bool = False
-    fewer_windows: bool = False
+    #: Seeds mode's settings (the defaults but for ``split_touching`` and ``fewer_windows``).
+    seed_options: EverythingOptions = field(default_factory=EverythingOptions)
 
 
 @dataclass
@@ -678,7 +679,7 @@ def _evaluate_image(run: _Run, rec: ImageRecord, amg_done: dict, progress: tuple
         if run.everything and (run.everything_images is None or count < run.everything_images):
             counted.append((name, rec.modality))
             image = normalize_image(raw, config)
-            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params, run.split_touching, run.fewer_windows))
+            f1_rows.append(_everything_row(user, spec, name, rec, image, labels, run.amg_params, run.seed_options))
     for key in counted:  # only an image evaluated to the end counts towards everything_images
         amg_done[key] = amg_done.get(key, 0) + 1
     return rows, f1_rows, len(objects)
@@ -725,18 +726,13 @@ def _score_objects(user: _PluginUser, name, rec, labels, objects, kinds, n_click
     return rows
 
 
-def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, split_touching=False, fewer_windows=False) -> dict:
+def _everything_row(user: _PluginUser, spec, name, rec, image, labels, params, seed_options: EverythingOptions) -> dict:
     """F1 of the everything mode the plugin runs for this model (seeds or SAM's grid)."""
     from .core.automatic import automatic_segmentation
     from .core.progress import drain
-    from .core.seeds import everything_seeds
-    from .core.touching import TOUCHING_H
 
     if spec.seeded_everything:
-        seeds, foreground = everything_seeds(image, h=TOUCHING_H if split_touching else 0.0)
-        pred = drain(segment_seeds_job(
-            user.session, seeds, split_touching=split_touching, foreground=foreground, box_stage_reuse=fewer_windows,
-        )).labels
+        pred = drain(seeds_mode_job(user.session, image, seed_options)).labels
     else:
         pred = drain(automatic_segmentation(user.session.model, image, params)).to_label_image(labels.shape)
     scores = instance_scores(labels, pred)

@@ -30,14 +30,14 @@ from .core.model_api import PromptableModel
 from .core.preprocess import PreprocessConfig, normalize_image
 from .core.progress import Job, Progress
 from .core.prompts import Prompts
-from .core.seeded import BOX_STAGE_REUSE
+from .core.seeded import BOX_STAGE_REUSE, SeededSegmentation
 from .core.seeds import SEED_IOU_FLOOR, everything_seeds
 from .core.touching import TOUCHING_H
 from .plane_jobs import segment_seeds_job
 from .session import AnnotationSession
 
 __all__ = [
-    "MODE_SEEDS", "MODE_GRID", "MODE_PROMPTS", "EverythingOptions", "EverythingResult", "everything_job",
+    "MODE_SEEDS", "MODE_GRID", "MODE_PROMPTS", "EverythingOptions", "EverythingResult", "everything_job", "seeds_mode_job",
     "everything_mode_for", "prompted_job", "paint_objects",
 ]
 
@@ -188,9 +188,20 @@ def everything_job(
     yield Progress(0, 0, "Finding object centres")
     session = AnnotationSession(model, cache, config, model_id=model_id, **AnnotationSession.options_for(spec))
     session.set_image(plane)
-    seeds, foreground = everything_seeds(normalize_image(plane, config), min_distance=int(options.min_distance),
+    res = yield from seeds_mode_job(session, normalize_image(plane, config), options)
+    return EverythingResult(res.labels, res.table, MODE_SEEDS, res.seeds_rc, res.refill_rc, res.windows_encoded)
+
+
+def seeds_mode_job(session: AnnotationSession, image: np.ndarray, options: EverythingOptions) -> Job[SeededSegmentation]:
+    """The seeds mode on the session's plane with every seeds-mode setting of ``options``; a job.
+
+    ``image`` is the plane normalised (``(H, W)`` or ``(H, W, C)`` float), where the seeds are found
+    (:func:`~napari_sam_micro.core.seeds.everything_seeds`); shared by :func:`everything_job` and
+    the evaluation.
+    """
+    seeds, foreground = everything_seeds(image, min_distance=int(options.min_distance),
                                          h=TOUCHING_H if options.split_touching else 0.0, threshold=options.foreground)
-    res = yield from segment_seeds_job(
+    return (yield from segment_seeds_job(
         session,
         seeds,
         iou_floor=options.iou_floor,
@@ -202,8 +213,7 @@ def everything_job(
         split_touching=options.split_touching,
         foreground=foreground,
         box_stage_reuse=options.fewer_windows,
-    )
-    return EverythingResult(res.labels, res.table, MODE_SEEDS, res.seeds_rc, res.refill_rc, res.windows_encoded)
+    ))
 
 
 def _grid_job(model, plane, config, options, cache, model_id) -> Job[EverythingResult]:
