@@ -13,7 +13,7 @@ CPU runtime ``Device: auto`` picks), on held-out DSB 2018 fluorescence images of
 * **prompt on a pre-encoded object**: after ``preencode_job`` (the Annotator runs it while the
   user is idle), a box / click on an object it covered (decode only) — with the share of objects
   that were covered;
-* **everything mode, per ground-truth object**: ``find_seeds`` + ``segment_seeds_job`` with an
+* **everything mode, per ground-truth object**: ``segmentation.seeds_mode_job`` with an
   empty cache, divided by the number of ground-truth objects; its F1 at IoU 0.5 is printed too;
   then the same with ``EverythingOptions.fewer_windows`` (off by default).
 
@@ -160,15 +160,13 @@ def bench_everything(model, spec, data, fewer_windows: bool = False):
     """
     from napari_sam_micro.core.metrics import instance_scores
     from napari_sam_micro.core.progress import drain
-    from napari_sam_micro.core.seeds import everything_seeds
-    from napari_sam_micro.plane_jobs import segment_seeds_job
+    from napari_sam_micro.segmentation import EverythingOptions, seeds_mode_job
 
     total, n_gt, f1s, windows = 0.0, 0, [], 0
     for _rec, raw, labels in data:
         session = _session(model, spec, raw)
         t0 = time.perf_counter()
-        seeds, foreground = everything_seeds(session.plane_embeddings.normalized_plane())
-        result = drain(segment_seeds_job(session, seeds, foreground=foreground, box_stage_reuse=fewer_windows))
+        result = drain(seeds_mode_job(session, session.plane_embeddings.normalized_plane(), EverythingOptions(fewer_windows=fewer_windows)))
         total += time.perf_counter() - t0
         n_gt += len(np.unique(labels)) - 1
         windows += result.windows_encoded

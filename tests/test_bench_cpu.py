@@ -37,17 +37,17 @@ def test_fresh_and_preencoded_prompts_are_measured(bench, micro_tiny_and_plane, 
 
 
 def test_everything_mode_is_measured(bench, micro_tiny_and_plane, monkeypatch):
-    from napari_sam_micro import plane_jobs
+    from napari_sam_micro import segmentation
 
     model, spec, data = micro_tiny_and_plane
     asked = []
-    real = plane_jobs.segment_seeds_job
+    real = segmentation.seeds_mode_job
 
-    def spy(session, seeds, **options):
-        asked.append(options.get("box_stage_reuse"))
-        return real(session, seeds, **options)
+    def spy(session, image, options):
+        asked.append(options.fewer_windows)
+        return real(session, image, options)
 
-    monkeypatch.setattr(plane_jobs, "segment_seeds_job", spy)
+    monkeypatch.setattr(segmentation, "seeds_mode_job", spy)
     for fewer in (False, True):
         per_object, f1, windows, n_gt = bench.bench_everything(model, spec, data, fewer_windows=fewer)
         assert n_gt == len(np.unique(data[0][2])) - 1 and per_object > 0
