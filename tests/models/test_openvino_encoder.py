@@ -125,6 +125,54 @@ def test_openvino_missing_falls_back_to_onnxruntime(monkeypatch, caplog):
     assert "OpenVINO is not used" in caplog.text and "openvino" in caplog.text
 
 
+def held_out_box_ious(shared_data, runtime):
+    """``{(image, object): (IoU with the ground truth, mask)}`` of boxes through the session.
+
+    2 held-out DSB fluorescence images, 5 objects each, encoded by ``runtime``.
+    """
+    from napari_sam_micro.core.cache import EmbeddingCache
+    from napari_sam_micro.core.masks import mask_to_box_xyxy
+    from napari_sam_micro.core.progress import drain
+    from napari_sam_micro.core.prompts import Prompts
+    from napari_sam_micro.evaluation import load_raw, preprocess_config_for, select_records
+    from napari_sam_micro.session import AnnotationSession
+
+    spec = registry.get_spec("micro-tiny")
+    records = [r for r in select_records(shared_data, split="val", modalities=["fluorescence"])][:2]
+    assert len(records) == 2
+    model = registry.load_model("micro-tiny", device="cpu", runtime=runtime)
+    assert model.runtime == runtime
+    out = {}
+    for rec in records:
+        raw, labels = load_raw(rec)
+        ids = [i for i in np.unique(labels) if i and np.count_nonzero(labels == i) >= 30][:5]
+        config = preprocess_config_for(raw)
+        session = AnnotationSession(model, EmbeddingCache(1 << 30), config, model_id=f"{spec.embedding_id}-{runtime}",
+                                    **AnnotationSession.options_for(spec))
+        session.set_image(raw, config)
+        session.accept_embedding(drain(session.embedding_job()), session.generation)
+        for oid in ids:
+            session.clear_preview()
+            gt = labels == oid
+            mask = drain(session.predict_job(Prompts(boxes_xyxy=[mask_to_box_xyxy(gt).astype(np.float32)]))).objects[0].mask
+            out[rec.key, oid] = (_iou(mask, gt), mask)
+    assert len(out) >= 8
+    return out
+
+
+def _iou(a, b):
+    return float(np.count_nonzero(a & b)) / max(1, np.count_nonzero(a | b))
+
+
+def assert_boxes_keep_their_iou(reduced, fp32, per_object_floor):
+    """Mean IoU with the ground truth within 0.005 of fp32's (the performance issue's limit); each mask close to fp32's."""
+    keys = list(fp32)
+    mean_fp32 = np.mean([fp32[k][0] for k in keys])
+    mean_reduced = np.mean([reduced[k][0] for k in keys])
+    assert mean_fp32 > 0.8 and abs(mean_reduced - mean_fp32) <= 0.005, (mean_fp32, mean_reduced)
+    assert min(_iou(reduced[k][1], fp32[k][1]) for k in keys) > per_object_floor
+
+
 @needs_bf16
 @pytest.mark.data
 def test_bf16_boxes_keep_their_iou_on_held_out_nuclei(shared_data, monkeypatch):
@@ -134,40 +182,19 @@ def test_bf16_boxes_keep_their_iou_on_held_out_nuclei(shared_data, monkeypatch):
     and no object's mask moves by more than IoU 0.95 between the two. Measured on the validation
     split (68 objects, 4 modalities): box mean IoU 0.854 in both, largest per-object change 0.012.
     """
-    from napari_sam_micro.core.cache import EmbeddingCache
-    from napari_sam_micro.core.masks import mask_to_box_xyxy
-    from napari_sam_micro.core.progress import drain
-    from napari_sam_micro.core.prompts import Prompts
-    from napari_sam_micro.evaluation import load_raw, preprocess_config_for, select_records
-    from napari_sam_micro.session import AnnotationSession
-
     monkeypatch.delenv(registry.RUNTIME_ENV, raising=False)
-    spec = registry.get_spec("micro-tiny")
-    records = [r for r in select_records(shared_data, split="val", modalities=["fluorescence"])][:2]
-    assert len(records) == 2
-    masks = {}
-    for runtime in ("onnxruntime", "openvino"):
-        model = registry.load_model("micro-tiny", device="cpu", runtime=runtime)
-        assert model.runtime == runtime
-        for rec in records:
-            raw, labels = load_raw(rec)
-            ids = [i for i in np.unique(labels) if i and np.count_nonzero(labels == i) >= 30][:5]
-            config = preprocess_config_for(raw)
-            session = AnnotationSession(model, EmbeddingCache(1 << 30), config, model_id=f"{spec.embedding_id}-{runtime}",
-                                        **AnnotationSession.options_for(spec))
-            session.set_image(raw, config)
-            session.accept_embedding(drain(session.embedding_job()), session.generation)
-            for oid in ids:
-                session.clear_preview()
-                box = Prompts(boxes_xyxy=[mask_to_box_xyxy(labels == oid).astype(np.float32)])
-                masks[runtime, rec.key, oid] = (drain(session.predict_job(box)).objects[0].mask, labels == oid)
+    assert_boxes_keep_their_iou(held_out_box_ious(shared_data, "openvino"), held_out_box_ious(shared_data, "onnxruntime"), 0.95)
 
-    def iou(a, b):
-        return float(np.count_nonzero(a & b)) / max(1, np.count_nonzero(a | b))
 
-    keys = [k[1:] for k in masks if k[0] == "onnxruntime"]
-    assert len(keys) >= 8
-    fp32 = np.mean([iou(*masks["onnxruntime", *k]) for k in keys])
-    bf16 = np.mean([iou(*masks["openvino", *k]) for k in keys])
-    assert fp32 > 0.8 and abs(bf16 - fp32) <= 0.005, (fp32, bf16)
-    assert min(iou(masks["onnxruntime", *k][0], masks["openvino", *k][0]) for k in keys) > 0.95
+@pytest.mark.data
+def test_int8_boxes_keep_their_iou_on_held_out_nuclei(shared_data, monkeypatch, tmp_path):
+    """Boxes on held-out DSB nuclei through the session: micro-tiny's int8 encoder vs ONNX Runtime fp32.
+
+    Same bar as bfloat16 for the mean; per object, masks may move a little more (int8 features
+    differ by ~12 % against bfloat16's 2 %): no mask below IoU 0.9 with fp32's. Measured on these
+    10 boxes: mean IoU 0.904 (fp32 0.903), smallest agreement with fp32's mask 0.971. On the
+    validation split (`evaluate`, 156 objects, 4 modalities) see docs/models.md.
+    """
+    monkeypatch.delenv(registry.RUNTIME_ENV, raising=False)
+    monkeypatch.setenv("NAPARI_SAM_MICRO_STATE_DIR", str(tmp_path))
+    assert_boxes_keep_their_iou(held_out_box_ious(shared_data, "openvino-int8"), held_out_box_ious(shared_data, "onnxruntime"), 0.9)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -36,6 +37,8 @@ __all__ = [
     "shipped_onnx_status",
     "load_shipped",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Low-resolution mask side of SAM-family decoders.
 _LOW_RES = 256
@@ -187,6 +190,9 @@ class OnnxSamAdapter:
         Side of the square model input.
     threads : int, optional
         Intra-op threads of both sessions; default: the physical cores.
+    int8_encoder_path : path, optional
+        The encoder quantised to int8 (OpenVINO IR, :mod:`~napari_sam_micro.models.openvino_int8`),
+        for the ``"openvino-int8"`` runtime; None when not shipped or not intact.
     """
 
     mask_threshold: float = 0.0
@@ -195,7 +201,9 @@ class OnnxSamAdapter:
     #: Windows per encoder call in :meth:`encode_batch` (the torch adapter's measured choice).
     ENCODE_BATCH_SIZE = 4
 
-    def __init__(self, encoder_path, decoder_path, name: str, image_size: int = 256, threads: int | None = None):
+    def __init__(
+        self, encoder_path, decoder_path, name: str, image_size: int = 256, threads: int | None = None, int8_encoder_path=None
+    ):
         from .onnx_encoder import OnnxEncoderError, OrtImageEncoder
 
         try:
@@ -204,6 +212,7 @@ class OnnxSamAdapter:
             raise ModelUnavailableError(str(err)) from err
         self._decoder = OrtPromptDecoder(decoder_path, threads)
         self.encoder_path = Path(encoder_path)
+        self.int8_encoder_path = None if int8_encoder_path is None else Path(int8_encoder_path)
         self.threads = threads
         self.name = name
         self.image_size = int(image_size)
@@ -212,8 +221,9 @@ class OnnxSamAdapter:
         self.encode_batch_size = self.ENCODE_BATCH_SIZE
 
     def set_runtime(self, runtime: str, encoder_id: str | None = None) -> None:
-        """Run the image encoder graph in ``"onnxruntime"`` (fp32) or ``"openvino"``; the decoder stays in ONNX Runtime.
+        """Run the image encoder in ``"onnxruntime"`` (fp32), ``"openvino"`` or ``"openvino-int8"``; the decoder stays in ONNX Runtime.
 
+        ``"openvino-int8"`` runs :attr:`int8_encoder_path` (the rest of its graph in fp32).
         ``encoder_id`` is accepted for the registry's call and unused (the graph is the shipped one).
 
         Raises
@@ -221,11 +231,12 @@ class OnnxSamAdapter:
         ValueError
             Another runtime (this adapter has no torch).
         napari_sam_micro.models.onnx_encoder.OnnxEncoderError
-            OpenVINO missing or unable to compile the graph; the adapter keeps its encoder.
+            OpenVINO missing, no intact int8 encoder, or a graph OpenVINO cannot compile; the
+            adapter keeps its encoder.
         """
         if runtime == self.runtime:
             return
-        from .onnx_encoder import OrtImageEncoder
+        from .onnx_encoder import OnnxEncoderError, OrtImageEncoder
 
         if runtime == "onnxruntime":
             self._encoder = OrtImageEncoder(self.encoder_path, self.threads)
@@ -233,9 +244,30 @@ class OnnxSamAdapter:
             from .openvino_encoder import OvImageEncoder
 
             self._encoder = OvImageEncoder(self.encoder_path, self.threads)
+        elif runtime == "openvino-int8":
+            from .openvino_encoder import OvImageEncoder
+
+            if self.int8_encoder_path is None:
+                raise OnnxEncoderError(f"{self.name} has no intact int8 encoder")
+            self._encoder = OvImageEncoder(self.int8_encoder_path, self.threads, precision="f32")
         else:
-            raise ValueError(f"{self.name} in ONNX runs its encoder in 'onnxruntime' or 'openvino', not {runtime!r}")
+            raise ValueError(f"{self.name} in ONNX runs its encoder in 'onnxruntime', 'openvino' or 'openvino-int8', not {runtime!r}")
         self.runtime = runtime
+
+    def int8_pays_off(self) -> bool:
+        """Whether this CPU encodes clearly faster with the int8 encoder than with ONNX Runtime fp32 (measured once, remembered).
+
+        False without an intact int8 encoder; see :func:`~napari_sam_micro.models.openvino_int8.int8_pays_off`.
+        """
+        if self.int8_encoder_path is None:
+            return False
+        from .onnx_encoder import OrtImageEncoder, physical_cores
+        from .openvino_int8 import int8_pays_off
+
+        threads = physical_cores() if self.threads is None else int(self.threads)
+        fp32 = self._encoder if self.runtime == "onnxruntime" else OrtImageEncoder(self.encoder_path, self.threads)
+        with blas_single_thread():
+            return int8_pays_off(self.int8_encoder_path, fp32, threads)
 
     # -- encoder -------------------------------------------------------------------------
     def encode(self, image: np.ndarray) -> Embedding:
@@ -371,9 +403,15 @@ def load_shipped(folder: Path, stem: str, weights_sha256: str, name: str) -> Onn
             f"The ONNX files of {name} cannot be used: {why}. Reinstall the plugin to restore them: "
             "pip install --force-reinstall napari-sam-micro."
         )
+    from .openvino_int8 import int8_file_names, int8_status
+
+    int8_path, why = int8_status(folder, stem, manifest["encoder"].get("sha256"))
+    if int8_path is None and (folder / int8_file_names(stem)["manifest"]).exists():
+        logger.warning("The int8 encoder of %s is not used: %s", name, why)
     return OnnxSamAdapter(
         folder / manifest["encoder"]["file"],
         folder / manifest["decoder"]["file"],
         name=name,
         image_size=int(manifest.get("image_size", 256)),
+        int8_encoder_path=int8_path,
     )

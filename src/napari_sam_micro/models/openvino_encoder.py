@@ -6,8 +6,9 @@ On CPUs with native bfloat16 (AVX512-BF16 or AMX: AMD Zen 4 and later, Intel Xeo
 and later) its default inference precision is bfloat16, which ran micro-tiny's encoder 1.9 x faster
 than ONNX Runtime fp32 on the development machine (docs/benchmarks.md). Without bfloat16 (most
 Intel laptops, Apple silicon) OpenVINO fp32 was slower than ONNX Runtime fp32 in the performance
-issue's measurement, so :func:`openvino_preferred` is false there and ``Device: auto`` keeps ONNX
-Runtime.
+issue's measurement, so :func:`openvino_preferred` is false there; ``Device: auto`` then takes
+micro-tiny's int8 encoder where it measured faster (:mod:`~napari_sam_micro.models.openvino_int8`,
+compiled by :class:`OvImageEncoder` from its OpenVINO IR), else ONNX Runtime.
 
 bfloat16 keeps 8 bits of mantissa: features differ from fp32 by about 1.6 % (mean relative);
 ``tests/models/test_openvino_encoder.py`` bounds the cost in mask IoU on held-out images.
@@ -29,6 +30,7 @@ __all__ = [
     "PRECISIONS",
     "OvImageEncoder",
     "openvino_installed",
+    "openvino_allowed",
     "cpu_has_bf16",
     "openvino_preferred",
 ]
@@ -61,11 +63,16 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def openvino_preferred() -> bool:
-    """Whether ``Device: auto`` runs image encoders in OpenVINO: installed, the CPU has bfloat16, not turned off (:data:`OPENVINO_ENV`)."""
+def openvino_allowed() -> bool:
+    """Whether ``Device: auto`` may use OpenVINO at all: installed and not turned off (:data:`OPENVINO_ENV`)."""
     if os.environ.get(OPENVINO_ENV, "").strip().lower() in ("0", "off", "false", "no"):
         return False
-    return openvino_installed() and cpu_has_bf16()
+    return openvino_installed()
+
+
+def openvino_preferred() -> bool:
+    """Whether ``Device: auto`` runs image encoders in OpenVINO bfloat16: allowed (:func:`openvino_allowed`) and the CPU has bfloat16."""
+    return openvino_allowed() and cpu_has_bf16()
 
 
 class OvImageEncoder:
@@ -74,7 +81,7 @@ class OvImageEncoder:
     Parameters
     ----------
     path : path
-        The ``.onnx`` file (``image (B, 3, S, S) float32 -> features (B, C, h, w) float32``).
+        The ``.onnx`` file or OpenVINO IR ``.xml`` (``image (B, 3, S, S) float32 -> features (B, C, h, w) float32``).
     threads : int, optional
         Inference threads; default the physical cores
         (:func:`~napari_sam_micro.models.onnx_encoder.physical_cores`).
