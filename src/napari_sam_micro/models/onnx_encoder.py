@@ -44,6 +44,7 @@ __all__ = [
     "ensure_onnx_encoder",
     "load_ort_encoder",
     "physical_cores",
+    "write_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def export_encoder(module, path: str | os.PathLike, example_shape=(1, 3, 256, 25
         record = dict(meta or {}, sha256=_file_sha256(tmp), opset=OPSET, export_version=EXPORT_VERSION,
                       torch=torch.__version__, max_abs_diff_vs_torch=diff)
         os.replace(tmp, path)
-        _write_atomic(_sidecar(path), json.dumps(record, indent=1))
+        write_atomic(_sidecar(path), json.dumps(record, indent=1))
     except OnnxEncoderError:
         raise
     except Exception as err:  # exporter / ORT errors have many types; all mean "no ONNX encoder"
@@ -220,7 +221,8 @@ def export_encoder(module, path: str | os.PathLike, example_shape=(1, 3, 256, 25
     return path
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace`` (removed on failure)."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -95,13 +94,12 @@ def _read_choices(path: Path) -> dict:
 
 
 def _write_choices(path: Path, data: dict) -> None:
-    """Atomic write (a temporary file in the same folder, then ``os.replace``); failures are only logged."""
+    """Atomic write (:mod:`~napari_sam_micro.models.onnx_encoder`'s writer); failures are only logged."""
+    from .onnx_encoder import write_atomic
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError as err:
         logger.info("the runtime choice is not remembered (%s)", err)
 
