@@ -5,8 +5,9 @@ One process per cap (oneDNN reads ``ONEDNN_MAX_CPU_ISA`` once): the whole CPU, `
 ``AVX2`` (CPUs without VNNI: AMD Zen 2 / 3, Intel Core before Ice Lake). OpenVINO fp32, bfloat16
 (where the cap allows it) and the shipped int8 IR; ONNX Runtime fp32 once, uncapped (it has no such
 cap). Each figure is the median of 10 calls on one window after 3 warm-up calls, in the same run,
-with the plugin's thread count. The ratio int8 / fp32 under each cap is what
-:func:`napari_sam_micro.models.openvino_int8.int8_pays_off` decides on (at most 0.8).
+with the plugin's thread count. :func:`napari_sam_micro.models.openvino_int8.int8_pays_off`
+compares int8 with ONNX Runtime fp32 (at most 0.8), which has no instruction-set cap; OpenVINO fp32
+under the same cap stands in for it (uncapped, the two fp32 runtimes were within 15 %).
 
 Usage::
 

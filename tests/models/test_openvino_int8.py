@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -68,6 +67,19 @@ def test_a_damaged_or_missing_int8_file_is_refused(tmp_path):
     (tmp_path / NAMES["manifest"]).write_text("{not json")
     path, why = openvino_int8.int8_status(tmp_path, MICRO_NAME, ENCODER_SHA)
     assert path is None and "cannot be read" in why
+    (tmp_path / NAMES["manifest"]).write_text("[1, 2]")
+    assert openvino_int8.int8_status(tmp_path, MICRO_NAME, ENCODER_SHA) == (None, f"{NAMES['manifest']} is not a manifest")
+
+
+def test_a_manifest_without_digests_is_refused(tmp_path):
+    """A missing SHA-256 is a damaged manifest, not a file to trust unchecked."""
+    for name in NAMES.values():
+        shutil.copy(FOLDER / name, tmp_path / name)
+    manifest = json.loads((tmp_path / NAMES["manifest"]).read_text())
+    del manifest["bin"]["sha256"]
+    (tmp_path / NAMES["manifest"]).write_text(json.dumps(manifest))
+    path, why = openvino_int8.int8_status(tmp_path, MICRO_NAME, ENCODER_SHA)
+    assert path is None and NAMES["bin"] in why
 
 
 def test_a_damaged_int8_file_leaves_the_model_on_fp32(tmp_path, caplog):
@@ -94,39 +106,64 @@ def test_int8_features_stay_close_to_fp32():
     assert 0 < rel <= INT8_MEAN_REL_DIFF, rel  # > 0: it really computed in int8
 
 
-def _sleeper(seconds, calls):
-    def encode(batch):
-        calls.append(len(batch))
-        time.sleep(seconds)
-        return np.zeros((len(batch), 1), np.float32)
+def _fake_measure(monkeypatch, int8_s, fp32_s, calls):
+    """Make :func:`openvino_int8.measure_encoders` return fixed seconds (no timing in tests)."""
 
-    return encode
+    def measure(encoders, repeats=3):
+        calls.append(sorted(encoders))
+        return {"int8": int8_s, "fp32": fp32_s}
+
+    monkeypatch.setattr(openvino_int8, "measure_encoders", measure)
+
+
+def _encoder(batch):
+    return np.zeros((len(batch), 1), np.float32)
+
+
+def test_measure_encoders_takes_turns_and_keeps_the_fastest_call():
+    order = []
+
+    def named(name):
+        def encode(batch):
+            order.append(name)
+            return _encoder(batch)
+
+        return encode
+
+    seconds = openvino_int8.measure_encoders({"a": named("a"), "b": named("b")}, repeats=3)
+    assert order == ["a", "b"] * 4  # a warm-up each, then three turns, alternating
+    assert set(seconds) == {"a", "b"} and all(0 <= v < 1 for v in seconds.values())
 
 
 def test_the_choice_is_measured_once_and_remembered(monkeypatch):
     xml = FOLDER / NAMES["xml"]
-    fast, slow, calls = [], [], []
-    assert openvino_int8.int8_pays_off(xml, _sleeper(0.02, slow), 2, int8_encoder=_sleeper(0.005, fast))
-    assert len(fast) == len(slow) == 4  # a warm-up and three timed calls each
+    calls = []
+    _fake_measure(monkeypatch, 0.005, 0.02, calls)
+    assert openvino_int8.int8_pays_off(xml, _encoder, 2, int8_encoder=_encoder)
+    assert calls == [["fp32", "int8"]]
     saved = json.loads(openvino_int8.choices_file().read_text())
     (entry,) = saved.values()
     assert entry["int8"] is True and entry["int8_s"] < entry["fp32_s"]
-    # remembered: no encoder runs again, whatever the encoders would measure now
-    assert openvino_int8.int8_pays_off(xml, _sleeper(0.0, calls), 2, int8_encoder=_sleeper(0.05, calls))
-    assert calls == []
+    # remembered: not measured again, whatever a measurement would say now
+    _fake_measure(monkeypatch, 0.05, 0.01, calls)
+    assert openvino_int8.int8_pays_off(xml, _encoder, 2, int8_encoder=_encoder)
+    assert len(calls) == 1
     # another thread count, or another instruction-set cap, is another measurement
-    assert not openvino_int8.int8_pays_off(xml, _sleeper(0.01, calls), 1, int8_encoder=_sleeper(0.01, calls))
+    _fake_measure(monkeypatch, 0.009, 0.01, calls)  # 0.9 x: not worth it
+    assert not openvino_int8.int8_pays_off(xml, _encoder, 1, int8_encoder=_encoder)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert not openvino_int8.int8_pays_off(xml, _sleeper(0.005, calls), 2, int8_encoder=_sleeper(0.02, calls))
-    assert len(json.loads(openvino_int8.choices_file().read_text())) == 3
+    _fake_measure(monkeypatch, 0.008, 0.01, calls)  # exactly the bar: taken
+    assert openvino_int8.int8_pays_off(xml, _encoder, 2, int8_encoder=_encoder)
+    assert len(calls) == 3 and len(json.loads(openvino_int8.choices_file().read_text())) == 3
 
 
-def test_a_damaged_choices_file_is_measured_again():
+def test_a_damaged_choices_file_is_measured_again(monkeypatch):
     openvino_int8.choices_file().parent.mkdir(parents=True)
     openvino_int8.choices_file().write_text("[1, 2")
     calls = []
-    assert openvino_int8.int8_pays_off(FOLDER / NAMES["xml"], _sleeper(0.02, calls), 2, int8_encoder=_sleeper(0.005, calls))
-    assert len(calls) == 8 and isinstance(json.loads(openvino_int8.choices_file().read_text()), dict)
+    _fake_measure(monkeypatch, 0.005, 0.02, calls)
+    assert openvino_int8.int8_pays_off(FOLDER / NAMES["xml"], _encoder, 2, int8_encoder=_encoder)
+    assert len(calls) == 1 and isinstance(json.loads(openvino_int8.choices_file().read_text()), dict)
 
 
 class _Model:
@@ -180,8 +217,13 @@ def test_the_load_job_says_it_measures_and_falls_back_without_openvino(monkeypat
     monkeypatch.setattr(registry, "_openvino_preferred", lambda: False)
     messages = []
     model = drain(registry.load_model_job("micro-tiny", device="cpu"), lambda p: messages.append(p.message))
-    assert any("measured once per computer" in m for m in messages)
-    assert model.runtime in ("openvino-int8", "onnxruntime")  # which one depends on this CPU
+    assert any("Choosing the CPU runtime" in m for m in messages)
+    (entry,) = json.loads(openvino_int8.choices_file().read_text()).values()  # it really timed both
+    assert model.runtime == ("openvino-int8" if entry["int8"] else "onnxruntime")
+    monkeypatch.setenv("NAPARI_SAM_MICRO_OPENVINO", "0")  # nothing to choose: no message
+    messages.clear()
+    drain(registry.load_model_job("micro-tiny", device="cpu"), lambda p: messages.append(p.message))
+    assert not any("Choosing the CPU runtime" in m for m in messages)
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
     with caplog.at_level(logging.WARNING, logger=registry.__name__):
         model = registry.load_model("micro-tiny", device="cpu", runtime="openvino-int8")

@@ -41,8 +41,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: int8 is chosen when it encodes a window in at most this fraction of fp32's time. Measured on
-#: one CPU with its instruction set capped by oneDNN (docs/benchmarks.md): 0.57 with VNNI,
-#: 1.26 without; 0.8 leaves room for timing noise on a busy laptop.
+#: one CPU with its instruction set capped by oneDNN (docs/benchmarks.md): 0.54-0.56 with VNNI,
+#: 1.24 without; 0.8 leaves room for timing noise on a busy laptop.
 INT8_MIN_GAIN = 0.8
 #: Environment variable overriding :func:`choices_file`'s folder (tests point it elsewhere).
 CHOICES_DIR_ENV = "NAPARI_SAM_MICRO_STATE_DIR"
@@ -66,11 +66,15 @@ def int8_status(folder: str | os.PathLike, stem: str, encoder_sha256: str | None
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         return None, f"{path.name} cannot be read ({err.__class__.__name__})"
+    if not isinstance(manifest, dict):
+        return None, f"{path.name} is not a manifest"
     if not encoder_sha256 or manifest.get("source_encoder_sha256") != encoder_sha256:
         return None, f"{path.name} was made from another encoder than the shipped one"
     for part in ("xml", "bin"):
-        entry = manifest.get(part) or {}
-        if entry.get("file") != names[part] or not verify_sha256(folder / names[part], entry.get("sha256")):
+        entry = manifest.get(part)
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        # a missing digest is a damaged manifest, never "no check" (verify_sha256 treats None so)
+        if not isinstance(digest, str) or entry.get("file") != names[part] or not verify_sha256(folder / names[part], digest):
             return None, f"{names[part]} is missing or damaged (checksum mismatch)"
     return folder / names["xml"], ""
 
