@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def record_windows(data: Path, per_modality: int, seed: int) -> np.ndarray:
     """``(N, 3, 256, 256)`` ``float32`` encoder inputs of the plugin's own windows on training images."""
