@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A plain `pip install .` (no extras) gives a working plugin without PyTorch: in a fresh virtual
 # environment, install the package, check that torch is absent, load the plugin's napari manifest,
-# load the default model micro-tiny (ONNX Runtime or OpenVINO, as `auto` picks) and segment one box on a synthetic image; print
-# the environment's size. Then uninstall napari from that environment and check that the Python API
-# (load_predictor, segment_prompts) works without it, as in a notebook. Usage: bash .ci/check_plain_install.sh [VENV_DIR] (default: a temporary folder).
+# load the default model micro-tiny (ONNX Runtime or OpenVINO, as `auto` picks), segment one box on
+# a synthetic image, load the shipped sample image and print the environment's size. Then uninstall
+# napari from that environment and check that the Python API (load_predictor, segment_prompts)
+# works without it, as in a notebook. Usage: bash .ci/check_plain_install.sh [VENV_DIR] (default: a temporary folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,10 @@ iou = float((mask & disk).sum() / (mask | disk).sum())
 print(f"plain install: {name} on {model.runtime}, loaded in {t1 - t0:.1f} s, box IoU {iou:.3f}, "
       f"predicted IoU {float(out.iou_predictions[0, 0]):.3f} (napari_sam_micro {napari_sam_micro.__file__})")
 assert name == "micro-tiny" and model.runtime in ("onnxruntime", "openvino", "openvino-int8") and iou > 0.9
+from napari_sam_micro._napari.sample import load_dsb2018_nuclei
+
+sample, truth = load_dsb2018_nuclei()  # the sample's data file is in the wheel
+assert sample.shape == truth.shape == (512, 512) and int(truth.max()) == 125
 PY
 )
 # the Python API in a notebook needs no napari: remove it from the fresh environment and segment again
