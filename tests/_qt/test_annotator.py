@@ -144,18 +144,18 @@ def test_disk_cache_setting_turns_the_disk_tier_on_and_is_remembered(qtbot, view
     monkeypatch.setenv(state_mod.DISK_DIR_ENV, str(tmp_path / "emb"))
     viewer.add_image(_image(), name="cells")
     widget = _widget(qtbot, viewer)
-    assert widget.disk_cache_spin.value() == 0 and widget.state.cache.disk_dir is None
-    widget.disk_cache_spin.setValue(512)
+    assert widget.disk_cache_spin.value == 0 and widget.state.cache.disk_dir is None
+    widget.disk_cache_spin.value = 512
     assert widget.state.cache.disk_dir == tmp_path / "emb" and widget.state.cache.disk_max_bytes == 512 << 20
     _ready(qtbot, widget)
     assert list((tmp_path / "emb").glob("*.npz")), "the plane's embedding was not written to disk"
 
     other = ViewerModel()  # a new session of napari: its own cache, the saved setting
     again = _widget(qtbot, other)
-    assert again.disk_cache_spin.value() == 512 and again.state.cache.disk_dir == tmp_path / "emb"
-    again.disk_cache_spin.setValue(10)  # below the minimum: raised, and the box says so
-    assert again.disk_cache_spin.value() == MIN_CACHE_MB and again.state.disk_budget_mb == MIN_CACHE_MB
-    again.disk_cache_spin.setValue(0)
+    assert again.disk_cache_spin.value == 512 and again.state.cache.disk_dir == tmp_path / "emb"
+    again.disk_cache_spin.value = 10  # below the minimum: raised, and the box says so
+    assert again.disk_cache_spin.value == MIN_CACHE_MB and again.state.disk_budget_mb == MIN_CACHE_MB
+    again.disk_cache_spin.value = 0
     assert again.state.cache.disk_dir is None and again.state.disk_budget_mb == 0
     again.close()
 
@@ -194,7 +194,7 @@ def test_shift_click_adds_a_negative_point_and_toggle(qtbot, viewer):
     layers = widget.layers
     _click(layers.prompts, (10, 10), shift=True)
     _click(layers.prompts, (20, 20))
-    widget.negative_check.setChecked(True)
+    widget.negative_check.value = True
     _click(layers.prompts, (30, 30))
     assert layers.prompts.features["positive"].tolist() == [False, True, False]
     _idle(qtbot, widget)
@@ -232,7 +232,7 @@ def test_overwrite_off_warns_when_nothing_would_change(qtbot, viewer, notes, dis
     assert any(kind == "warning" and "Overwrite" in msg for kind, msg in notes)
     assert (widget.layers.output.data == 3).all()
     assert len(widget.layers.prompts.data) == 1  # prompts kept to try again
-    widget.overwrite_check.setChecked(True)
+    widget.overwrite_check.value = True
     assert widget.commit() == [4]
 
 
@@ -305,7 +305,7 @@ def test_keys_bound_while_alive_and_released_on_close(qtbot, viewer):
         assert coerce_keybinding(key) in viewer.keymap
     # the N key toggles negative points through the viewer keymap
     viewer.keymap[coerce_keybinding(KEY_NEGATIVE)](viewer)
-    assert widget.negative_check.isChecked()
+    assert widget.negative_check.value
     prompts = widget.layers.prompts
     assert widget._on_prompt_press in prompts.mouse_drag_callbacks
     widget.close()
@@ -341,9 +341,9 @@ def test_bad_input_gives_notifications_not_crashes(qtbot, viewer, notes, tmp_pat
     # a labels layer picked as image is not offered; RGB / multichannel need the right settings
     viewer.add_image(np.zeros((4, 40, 50), np.uint16), name="multi")
     widget.image_combo.set_layer(viewer.layers["multi"])
-    widget.channel_combo.setCurrentIndex(1)
-    widget.channels_edit.setText("0,9")
-    widget.channels_edit.editingFinished.emit()
+    widget.channel_combo.value = "first axis"
+    widget.channels_edit.value = "0,9"
+    widget.channels_edit.native.editingFinished.emit()
     widget.compute_embedding()
     _idle(qtbot, widget)
     assert any("Channel 9 does not exist" in msg or "channels" in msg.lower() for _, msg in notes)
@@ -351,8 +351,8 @@ def test_bad_input_gives_notifications_not_crashes(qtbot, viewer, notes, tmp_pat
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"not a checkpoint")
     widget.image_combo.set_layer(viewer.layers["cells"])
-    widget.channel_combo.setCurrentIndex(0)
-    widget.checkpoint_edit.setText(str(bad))
+    widget.channel_combo.value = "none"
+    widget.checkpoint_edit.value = str(bad)
     widget.compute_embedding()
     _idle(qtbot, widget)
     assert any(kind == "error" and "broken.pth" in msg for kind, msg in notes)
@@ -391,7 +391,7 @@ def test_objects_are_pre_encoded_while_idle_and_a_click_on_one_is_decode_only(qt
 def test_pre_encoding_can_be_switched_off(qtbot, viewer, disk_test_model):
     viewer.add_image(_nuclei(), name="nuclei")
     widget = _widget(qtbot, viewer, model="disk-test")
-    widget.preencode_check.setChecked(False)
+    widget.preencode_check.value = False
     _ready(qtbot, widget)
     qtbot.wait(300)
     assert widget.preencoder.windows_encoded == 0 and widget.session.encoded_windows() == []

@@ -81,10 +81,10 @@ def _image(shape=(64, 80)):
 def _widget(qtbot, viewer):
     widget = EverythingWidget(viewer, model="counting-tiny")
     qtbot.addWidget(widget)
-    widget.points_spin.setValue(8)
+    widget.points_spin.value = 8
     # The random-weight model's scores are low: start with the score filters off.
-    widget.iou_slider.setValue(0.0)
-    widget.stability_slider.setValue(0.0)
+    widget.iou_slider.value = 0.0
+    widget.stability_slider.value = 0.0
     return widget
 
 
@@ -125,20 +125,20 @@ def test_run_writes_instance_labels_and_refilters_without_the_model(qtbot, count
     n_before = len(widget.result)
 
     # Instant re-filter: fewer objects with strict duplicate removal, no model call, same layer.
-    widget.nms_slider.setValue(0.05)
+    widget.nms_slider.value = 0.05
     qtbot.waitUntil(lambda: len(widget.result) < n_before, timeout=5000)
     assert model.calls == calls
     assert widget.output_layer is layer and len(viewer.layers) == n_layers + 1
     np.testing.assert_array_equal(layer.data, labels_from_result(widget.result)[0])
     assert layer.features["index"].tolist() == sorted(set(np.unique(layer.data)) - {0})
 
-    widget.nms_slider.setValue(0.7)
+    widget.nms_slider.value = 0.7
     qtbot.waitUntil(lambda: len(widget.result) == n_before, timeout=5000)
     np.testing.assert_array_equal(layer.data, before)
 
     # A min-area filter removes the smallest objects; the replacement is one undo step.
     smallest = int(layer.features["area"].min())
-    widget.min_area_spin.setValue(smallest + 1)
+    widget.min_area_spin.value = smallest + 1
     qtbot.waitUntil(lambda: smallest not in layer.features["area"].tolist(), timeout=5000)
     assert model.calls == calls
     assert not np.array_equal(layer.data, before)
@@ -155,13 +155,13 @@ def test_thresholds_below_the_run_floor_ask_for_a_new_run(qtbot, counting_model)
     viewer = ViewerModel()
     viewer.add_image(_image(), name="cells")
     widget = _widget(qtbot, viewer)
-    widget.iou_slider.setValue(0.6)
-    widget.stability_slider.setValue(0.6)
+    widget.iou_slider.value = 0.6
+    widget.stability_slider.value = 0.6
     _run(qtbot, widget)
     assert widget.candidates is not None and widget.candidates.iou_floor == pytest.approx(0.5)
-    widget.iou_slider.setValue(0.2)
+    widget.iou_slider.value = 0.2
     qtbot.waitUntil(lambda: "again" in widget.status.text(), timeout=5000)
-    widget.points_spin.setValue(9)
+    widget.points_spin.value = 9
     assert "again" in widget.status.text()
 
 
@@ -169,7 +169,7 @@ def test_cancel_leaves_labels_untouched(qtbot, counting_model):
     viewer = ViewerModel()
     viewer.add_image(_image(), name="cells")
     widget = _widget(qtbot, viewer)
-    widget.points_spin.setValue(32)
+    widget.points_spin.value = 32
     worker = widget.run()
     with qtbot.waitSignal(worker.aborted, timeout=RUN_TIMEOUT_MS):
         widget.cancel()
@@ -224,9 +224,9 @@ def test_seeds_mode_is_offered_for_crop_models_and_writes_labels(qtbot, crop_mod
     widget = EverythingWidget(viewer, model="counting-tiny")
     qtbot.addWidget(widget)
     # a plain SAM model: grid only
-    assert not widget.seeds_available() and widget.mode() == MODE_GRID and not widget.mode_combo.isEnabled()
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData("crop-tiny"))
-    assert widget.seeds_available() and widget.mode() == MODE_SEEDS and widget.mode_combo.isEnabled()
+    assert not widget.seeds_available() and widget.mode() == MODE_GRID and not widget.mode_combo.enabled
+    widget.model_combo.value = "crop-tiny"
+    assert widget.seeds_available() and widget.mode() == MODE_SEEDS and widget.mode_combo.enabled
     assert not widget._seed_box.isHidden() and all(box.isHidden() for box in widget._grid_boxes)
     _run(qtbot, widget)
     result = widget.seeded
@@ -241,7 +241,7 @@ def test_seeds_mode_is_offered_for_crop_models_and_writes_labels(qtbot, crop_mod
     assert layer.features["index"].tolist() == ids[ids > 0].tolist()
     assert "seeds" in widget.status.text()
     assert crop_model and crop_model[0].calls >= 3 * 3  # encode, decode, upscale per seed
-    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_GRID))
+    widget.mode_combo.value = MODE_GRID
     assert widget._seed_box.isHidden() and not any(box.isHidden() for box in widget._grid_boxes)
 
 
@@ -273,7 +273,7 @@ def test_large_planes_are_segmented_in_tiles(qtbot, disk_test_model):
     viewer.add_image(img, name="mosaic")
     widget = EverythingWidget(viewer, model="disk-test")
     qtbot.addWidget(widget)
-    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_SEEDS))
+    widget.mode_combo.value = MODE_SEEDS
     _run(qtbot, widget)
     out = widget.output_layer.data
     assert len(np.unique(out)) - 1 == 3 and len(widget.seeded.table["index"]) == 3
@@ -298,8 +298,8 @@ def test_whole_stack_links_the_planes_into_one_id_per_object(qtbot, disk_test_mo
     viewer.dims.set_current_step(0, 2)
     widget = EverythingWidget(viewer, model="disk-test")
     qtbot.addWidget(widget)
-    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_SEEDS))
-    widget.planes_combo.setCurrentIndex(widget.planes_combo.findData(kind))
+    widget.mode_combo.value = MODE_SEEDS
+    widget.planes_combo.value = kind
     _run(qtbot, widget)
     assert widget.stack is not None, widget.status.text()
     out = np.asarray(widget.output_layer.data)
@@ -322,7 +322,7 @@ def test_whole_stack_of_a_2d_image_explains(qtbot, disk_test_model):
     viewer.add_image(_stack_of_blobs()[2], name="plane")
     widget = EverythingWidget(viewer, model="disk-test")
     qtbot.addWidget(widget)
-    widget.planes_combo.setCurrentIndex(widget.planes_combo.findData("z"))
+    widget.planes_combo.value = "z"
     assert widget.run() is None and "one plane" in widget.status.text()
     assert len(viewer.layers) == 1
 
@@ -356,10 +356,10 @@ def test_a_large_lazy_layer_is_segmented_tile_by_tile(qtbot, disk_test_model, co
     viewer.add_image([plane.array, np.full((576, 576), 100, np.uint16)], multiscale=True, name="slide")
     widget = EverythingWidget(viewer, model="disk-test")
     qtbot.addWidget(widget)
-    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_GRID))
+    widget.mode_combo.value = MODE_GRID
     assert widget.run() is None and "seeds mode" in widget.status.text()
     assert plane.reads == []  # refused before reading anything
-    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData(MODE_SEEDS))
+    widget.mode_combo.value = MODE_SEEDS
     _run(qtbot, widget)
     out = widget.output_layer.data
     assert len(widget.seeded.table["index"]) == 2

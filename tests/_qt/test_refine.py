@@ -68,7 +68,7 @@ def test_selected_objects_only_and_discard_leaves_the_labels(qtbot, disk_test_mo
     viewer, layer = _viewer()
     widget = RefineWidget(viewer, model="disk-test")
     qtbot.addWidget(widget)
-    widget.scope_combo.setCurrentIndex(widget.scope_combo.findData(SCOPE_SELECTED))
+    widget.scope_combo.value = SCOPE_SELECTED
     layer.selected_label = 2
     _run(qtbot, widget)
     assert [r.label_id for r in widget.refined] == [2]
@@ -76,6 +76,6 @@ def test_selected_objects_only_and_discard_leaves_the_labels(qtbot, disk_test_mo
     widget.discard()
     assert not _preview(viewer) and widget.table.rowCount() == 0
     np.testing.assert_array_equal(layer.data, before)
-    widget.ids_edit.setText("7")
+    widget.ids_edit.value = "7"
     assert widget.run() is None  # no object 7: a message, no job
     assert "no object with id 7" in widget.job_panel.status.text()

@@ -28,23 +28,23 @@ def test_everything_settings_are_restored_in_a_new_widget_and_reset(qtbot):
     first = EverythingWidget(viewer)
     qtbot.addWidget(first)
     defaults = first.settings.values()
-    first.iou_slider.setValue(0.5)
-    first.points_spin.setValue(12)
-    first.fill_holes_check.setChecked(True)
+    first.iou_slider.value = 0.5
+    first.points_spin.value = 12
+    first.fill_holes_check.value = True
     assert first.seed_options().fewer_windows is False
-    first.fewer_windows_check.setChecked(True)
+    first.fewer_windows_check.value = True
     assert first.seed_options().fewer_windows is True  # what the seeds-mode run gets
-    first.mode_combo.setCurrentIndex(first.mode_combo.findData("grid"))
+    first.mode_combo.value = "grid"
     stored = load_section("everything")
     assert stored["iou"] == pytest.approx(0.5) and stored["points"] == 12 and stored["fill_holes"] is True
     assert stored["fewer_windows"] is True
 
     second = EverythingWidget(viewer)
     qtbot.addWidget(second)
-    assert second.iou_slider.value() == pytest.approx(0.5)
-    assert second.points_spin.value() == 12 and second.fill_holes_check.isChecked()
-    assert second.fewer_windows_check.isChecked()
-    assert second.mode_combo.currentData() == "grid"
+    assert second.iou_slider.value == pytest.approx(0.5)
+    assert second.points_spin.value == 12 and second.fill_holes_check.value
+    assert second.fewer_windows_check.value
+    assert second.mode_combo.value == "grid"
 
     second.reset_button.click()
     assert second.settings.values() == defaults
@@ -59,12 +59,12 @@ def test_an_explicit_model_wins_and_unknown_values_are_skipped(qtbot, tmp_path):
     viewer = ViewerModel()
     widget = RefineWidget(viewer)
     qtbot.addWidget(widget)
-    assert widget.strategy_combo.currentData() == "box+mask" and widget.overwrite_check.isChecked()
+    assert widget.strategy_combo.value == "box+mask" and widget.overwrite_check.value
     assert widget.model_name() != "no-such-model"  # not installed: the default stays
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData("tiny-test"))
-    explicit = RefineWidget(viewer, model=widget.model_combo.itemData(0))
+    widget.model_combo.value = "tiny-test"
+    explicit = RefineWidget(viewer, model=widget.model_combo.choices[0])
     qtbot.addWidget(explicit)
-    assert explicit.model_name() == widget.model_combo.itemData(0)
+    assert explicit.model_name() == widget.model_combo.choices[0]
 
 
 def test_a_damaged_settings_file_gives_the_defaults_with_a_warning(qtbot, caplog):
@@ -78,7 +78,7 @@ def test_a_damaged_settings_file_gives_the_defaults_with_a_warning(qtbot, caplog
     qtbot.addWidget(widget)
     assert widget.settings.values() == defaults
     assert any("damaged" in r.getMessage() for r in caplog.records)
-    widget.points_spin.setValue(20)  # the next change rewrites a valid file
+    widget.points_spin.value = 20  # the next change rewrites a valid file
     assert load_section("everything")["points"] == 20
 
 
@@ -89,20 +89,36 @@ def test_annotator_settings_are_restored_and_reset(qtbot):
     first = AnnotatorWidget(viewer, auto_embed=False)
     qtbot.addWidget(first)
     defaults = first.settings.values()
-    first.device_combo.setCurrentText("cpu")
-    first.channel_combo.setCurrentIndex(1)
-    first.channels_edit.setText("0,2")
-    first.channels_edit.editingFinished.emit()
-    first.model_form.low_spin.setValue(2.0)
-    first.model_form.high_spin.setValue(99.0)
-    first.preencode_check.setChecked(False)
+    first.device_combo.value = "cpu"
+    first.channel_combo.value = "first axis"
+    first.channels_edit.value = "0,2"
+    first.channels_edit.native.editingFinished.emit()
+    first.model_form.low_spin.value = 2.0
+    first.model_form.high_spin.value = 99.0
+    first.preencode_check.value = False
 
     second = AnnotatorWidget(viewer, auto_embed=False)
     qtbot.addWidget(second)
     assert second.device() == "cpu" and second.model_form.channel_axis() == 0
-    assert second.channels_edit.text() == "0,2" and not second.preencode_check.isChecked()
-    assert (second.model_form.low_spin.value(), second.model_form.high_spin.value()) == (2.0, 99.0)
+    assert second.channels_edit.value == "0,2" and not second.preencode_check.value
+    assert (second.model_form.low_spin.value, second.model_form.high_spin.value) == (2.0, 99.0)
     second.reset_button.click()
     assert second.settings.values() == defaults
     for w in (first, second):
         w.shutdown()
+
+
+def test_every_remembered_control_is_a_magicgui_widget(qtbot):
+    """One value API for all settings: magicgui value widgets, saved on their `changed` signal."""
+    from magicgui.widgets.bases import ValueWidget
+
+    from napari_sam_micro._qt.annotator import AnnotatorWidget
+
+    viewer = ViewerModel()
+    widgets = [AnnotatorWidget(viewer, auto_embed=False), EverythingWidget(viewer), RefineWidget(viewer)]
+    for widget in widgets:
+        qtbot.addWidget(widget)
+        assert widget.settings.controls
+        for name, control in widget.settings.controls.items():
+            assert isinstance(control, ValueWidget), name
+    widgets[0].shutdown()

@@ -112,11 +112,11 @@ def test_everything_mode_on_nuclei(make_napari_viewer, qtbot, shared_data):
 
 def _grid_mode(qtbot, widget, gt, model, name, instance_scores):
     """SAM's point grid with a sweep of the instant filters; returns the output layer."""
-    widget.points_spin.setValue(16)
+    widget.points_spin.value = 16
     # Keep every candidate of the run; the filters below are applied without the model.
-    widget.iou_slider.setValue(0.0)
-    widget.stability_slider.setValue(0.0)
-    widget.max_area_spin.setValue(3000)
+    widget.iou_slider.value = 0.0
+    widget.stability_slider.value = 0.0
+    widget.max_area_spin.value = 3000
     widget.run()
     qtbot.waitUntil(lambda: not widget.is_busy(), timeout=RUN_TIMEOUT_MS)
     assert widget.candidates is not None, widget.status.text()
@@ -126,8 +126,8 @@ def _grid_mode(qtbot, widget, gt, model, name, instance_scores):
     scores = {}
     for iou in (0.0, 0.5, 0.8, 0.88):
         for min_area in (0, 20):
-            widget.iou_slider.setValue(iou)
-            widget.min_area_spin.setValue(min_area)
+            widget.iou_slider.value = iou
+            widget.min_area_spin.value = min_area
             widget.apply_filter()
             s = instance_scores(gt, np.asarray(layer.data))
             scores[(iou, min_area)] = s
@@ -137,8 +137,8 @@ def _grid_mode(qtbot, widget, gt, model, name, instance_scores):
                 f"mAP = {s['map']:.3f}"
             )
     best = max(scores, key=lambda k: (scores[k]["f1"], scores[k]["n_pred"]))
-    widget.iou_slider.setValue(best[0])
-    widget.min_area_spin.setValue(best[1])
+    widget.iou_slider.value = best[0]
+    widget.min_area_spin.value = best[1]
     widget.apply_filter()
     print(f"best: predicted IoU > {best[0]}, min area {best[1]}: F1@0.5 = {scores[best]['f1']:.3f}")
     return layer

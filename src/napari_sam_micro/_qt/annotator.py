@@ -23,7 +23,7 @@ import logging
 from napari.layers import Image
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt  # noqa: F401 - tests click through it
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from .._napari.layers import ImageGeometry
 from .._napari.state import ViewerState
@@ -32,11 +32,13 @@ from ..core.preprocess import PreprocessConfig
 from ..models.registry import get_spec
 from ..session import AnnotationSession
 from .annotator_form import DEVICES, ModelForm
+from .forms import check, form, spin
 from .annotator_layers import _HELP, KEY_CLEAR, KEY_COMMIT, KEY_NEGATIVE, KeysMixin, LayersMixin, make_unbinder
 from .annotator_prompts import PromptsMixin
 from .job_panel import JobPanel
 from .propagate import PropagatePanel
-from .objects_table import LayerComboBox, ObjectsTableWidget
+from .layer_picker import LayerComboBox
+from .objects_table import ObjectsTableWidget
 from .preencode import PreEncoder
 from .settings import PersistedControls
 from .workers import notify_exception
@@ -103,15 +105,16 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         )
         panel = self.job_panel
         self.embed_button, self.cancel_button, self.progress, self.status = panel.run_button, panel.cancel_button, panel.progress, panel.status
-        self.negative_check = QCheckBox("Negative points (N; Shift+click)", self)
-        self.negative_check.setToolTip("New points mark background. Shift+click adds a negative point at any time.")
-        self.overwrite_check = QCheckBox("Overwrite existing labels", self)
-        self.overwrite_check.setToolTip("Off: committed masks only fill unlabelled pixels, existing objects are kept.")
-        self.preencode_check = QCheckBox("Pre-encode objects while idle", self)
-        self.preencode_check.setChecked(True)
-        self.preencode_check.setToolTip(
+        self.negative_check = check(
+            "Negative points (N; Shift+click)", False, "New points mark background. Shift+click adds a negative point at any time."
+        )
+        self.overwrite_check = check(
+            "Overwrite existing labels", False, "Off: committed masks only fill unlabelled pixels, existing objects are kept."
+        )
+        self.preencode_check = check(
+            "Pre-encode objects while idle", True,
             "256-px models: encode the windows around the detected objects in the background, nearest the view "
-            "centre first, so that a click or box on them is instant. Pauses whenever you prompt."
+            "centre first, so that a click or box on them is instant. Pauses whenever you prompt.",
         )
         self.preencoder = PreEncoder(enabled=True)
         self.commit_button = QPushButton("Commit (C)", self)
@@ -121,29 +124,22 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
         self.reset_button = QPushButton("Reset to defaults", self)
         self.reset_button.setToolTip("Put the model, device, channel and contrast settings back to their defaults.")
         self.objects = ObjectsTableWidget(self.viewer, parent=self)
-        self.disk_cache_spin = QSpinBox(self)
-        self.disk_cache_spin.setRange(0, 1_000_000)
-        self.disk_cache_spin.setSingleStep(256)
-        self.disk_cache_spin.setSpecialValueText("off")
-        self.disk_cache_spin.setValue(self.state.disk_budget_mb)  # NAPARI_SAM_MICRO_DISK_CACHE_MB, else off
-        self.disk_cache_spin.setToolTip(
+        self.disk_cache_spin = spin(
+            0, 1_000_000, self.state.disk_budget_mb,  # NAPARI_SAM_MICRO_DISK_CACHE_MB, else off
             "Keep embeddings on disk too (this size at most, oldest removed first): re-opening an image "
-            "with the same model and contrast settings then needs no encoding. Off by default."
+            "with the same model and contrast settings then needs no encoding. Off by default.",
+            "Disk cache (MB, 0 = off):", step=256,
         )
-        form = QFormLayout()
-        form.addRow("Image:", self.image_combo)
+        image_form = QFormLayout()
+        image_form.addRow("Image:", self.image_combo)
         actions = QHBoxLayout()
         actions.addWidget(self.commit_button)
         actions.addWidget(self.clear_button)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addLayout(image_form)
         layout.addWidget(self.model_form)
         layout.addWidget(self.job_panel)
-        for check in (self.negative_check, self.overwrite_check, self.preencode_check):
-            layout.addWidget(check)
-        disk = QFormLayout()
-        disk.addRow("Disk cache (MB):", self.disk_cache_spin)
-        layout.addLayout(disk)
+        layout.addWidget(form(self.negative_check, self.overwrite_check, self.preencode_check, self.disk_cache_spin).native)
         layout.addLayout(actions)
         layout.addWidget(self.reset_button)
         layout.addWidget(self.objects, 1)
@@ -161,23 +157,23 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
 
     def _wire(self) -> None:
         self.image_combo.layer_changed.connect(self._on_image_changed)
-        self.preencode_check.toggled.connect(self._on_preencode_toggled)
-        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        self.device_combo.currentIndexChanged.connect(self._on_model_changed)
-        self.checkpoint_edit.editingFinished.connect(self._on_model_changed)
+        self.preencode_check.changed.connect(self._on_preencode_toggled)
+        self.model_combo.changed.connect(self._on_model_changed)
+        self.device_combo.changed.connect(self._on_model_changed)
+        self.checkpoint_edit.native.editingFinished.connect(self._on_model_changed)
         self.checkpoint_button.clicked.connect(self._browse_checkpoint)
-        self.channel_combo.currentIndexChanged.connect(self._on_image_settings_changed)
-        self.channels_edit.editingFinished.connect(self._on_image_settings_changed)
-        self.model_form.low_spin.editingFinished.connect(self._on_image_settings_changed)
-        self.model_form.high_spin.editingFinished.connect(self._on_image_settings_changed)
+        self.channel_combo.changed.connect(self._on_image_settings_changed)
+        self.channels_edit.native.editingFinished.connect(self._on_image_settings_changed)
+        self.model_form.low_spin.native.editingFinished.connect(self._on_image_settings_changed)
+        self.model_form.high_spin.native.editingFinished.connect(self._on_image_settings_changed)
         self.embed_button.clicked.connect(self.compute_embedding)
         self.commit_button.clicked.connect(self.commit)
         self.clear_button.clicked.connect(self.clear_prompts)
         self.reset_button.clicked.connect(self._reset_settings)
-        self.negative_check.toggled.connect(self._on_negative_toggled)
-        self.disk_cache_spin.valueChanged.connect(self._on_disk_cache_changed)
-        if self.disk_cache_spin.value() != self.state.disk_budget_mb:  # restored from the settings file
-            self._on_disk_cache_changed(self.disk_cache_spin.value())
+        self.negative_check.changed.connect(self._on_negative_toggled)
+        self.disk_cache_spin.changed.connect(self._on_disk_cache_changed)
+        if self.disk_cache_spin.value != self.state.disk_budget_mb:  # restored from the settings file
+            self._on_disk_cache_changed(self.disk_cache_spin.value)
         self._connect(self.viewer.dims.events.current_step, self._on_dims_changed)
         self._connect(self.viewer.dims.events.ndisplay, self._on_dims_changed)
         self._connect(self.state.image_chosen, self._on_image_chosen)
@@ -187,7 +183,7 @@ class AnnotatorWidget(PromptsMixin, LayersMixin, KeysMixin, QWidget):
     def _on_disk_cache_changed(self, megabytes: int) -> None:
         self.state.set_disk_budget(megabytes)
         if megabytes and self.state.disk_budget_mb != megabytes:  # below the minimum: show what is used
-            self.disk_cache_spin.setValue(self.state.disk_budget_mb)
+            self.disk_cache_spin.value = self.state.disk_budget_mb
 
     def _on_image_chosen(self, event) -> None:
         """Another widget (the image series) opened the image layer ``event.value``: annotate it."""

@@ -38,7 +38,7 @@ class KeysMixin:
         for key, func in (
             (KEY_COMMIT, lambda viewer: self.commit()),
             (KEY_CLEAR, lambda viewer: self.clear_prompts()),
-            (KEY_NEGATIVE, lambda viewer: self.negative_check.toggle()),
+            (KEY_NEGATIVE, lambda viewer: setattr(self.negative_check, "value", not self.negative_check.value)),
         ):
             previous = self.viewer.bind_key(key, func, overwrite=True)
             self._bound_keys[key] = (func, previous)
@@ -160,7 +160,7 @@ class LayersMixin:
         layers.boxes.events.data.connect(self._on_prompts_changed)
         if self._on_prompt_press not in layers.prompts.mouse_drag_callbacks:
             layers.prompts.mouse_drag_callbacks.insert(0, self._on_prompt_press)
-        layers.prompts.feature_defaults = {"positive": not self.negative_check.isChecked()}
+        layers.prompts.feature_defaults = {"positive": not self.negative_check.value}
         try:
             self.objects.set_layer(layers.output)
         except ValueError:

@@ -25,7 +25,7 @@ class PromptsMixin:
     def _on_prompt_press(self, layer, event):
         """Before napari's add mode adds the point (on release): Shift (or the toggle) makes it negative."""
         if event.type == "mouse_press" and layer.mode == "add":
-            negative = "Shift" in event.modifiers or self.negative_check.isChecked()
+            negative = "Shift" in event.modifiers or self.negative_check.value
             layer.feature_defaults = {"positive": not negative}
 
     def _on_negative_toggled(self, checked: bool) -> None:
@@ -40,7 +40,7 @@ class PromptsMixin:
         layers = self.layers
         if action == "added" and layers is not None and getattr(event, "source", None) is layers.prompts:
             # a Shift+click made only that point negative; new points follow the toggle again
-            layers.prompts.feature_defaults = {"positive": not self.negative_check.isChecked()}
+            layers.prompts.feature_defaults = {"positive": not self.negative_check.value}
         self._update_preview()
 
     def _current_prompt_count(self) -> int:
@@ -144,7 +144,7 @@ class PromptsMixin:
             output = layers.output
             check_writable(output)  # before planning: a lazy volume is not read for nothing
             items = session.commit_plan(
-                output.data, overwrite=self.overwrite_check.isChecked(), leading=index, prediction=prediction
+                output.data, overwrite=self.overwrite_check.value, leading=index, prediction=prediction
             )
             if not items:
                 if not any(obj is not None and obj.crop.any() for obj in prediction.objects):

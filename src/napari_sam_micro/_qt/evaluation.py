@@ -33,7 +33,8 @@ from qtpy.QtWidgets import (
 
 from ..core.metrics import instance_scores, iou_matrix
 from .._napari.features import colormap_by_value, focus_object
-from .objects_table import LayerComboBox, numeric_item
+from .layer_picker import LayerComboBox
+from .objects_table import numeric_item
 
 __all__ = ["EvaluationWidget", "prediction_ious"]
 

@@ -50,7 +50,7 @@ from ..propagation import StackEverything, everything_stack_job
 from .everything_form import MODE_GRID, MODE_SEEDS, PLANES_ONE, EverythingForm
 from .forms import model_combo
 from .job_panel import JobPanel
-from .objects_table import LayerComboBox
+from .layer_picker import LayerComboBox
 from .settings import PersistedControls
 from .workers import notify_exception
 
@@ -107,7 +107,7 @@ class EverythingWidget(QWidget):
         self.output_layer: Labels | None = None
         self.image_combo = LayerComboBox(napari_viewer, Image, self)
         self.image_combo.setToolTip("Image to segment. For 3D / time-lapse data the plane shown in the viewer is used.")
-        self.model_combo = model_combo(self, model)
+        self.model_combo = model_combo(model)
         self.form = EverythingForm(self)
         self._seed_box, self._grid_boxes = self.form.seed_box, self.form.grid_boxes
         for name in EverythingForm.CONTROLS:  # the controls stay reachable as widget attributes
@@ -126,9 +126,8 @@ class EverythingWidget(QWidget):
         self.reset_button.setToolTip("Put every setting of this widget back to its default (they are remembered otherwise).")
         inputs = QFormLayout()
         inputs.addRow("Image:", self.image_combo)
-        inputs.addRow("Model:", self.model_combo)
-        inputs.addRow("Mode:", self.mode_combo)
-        inputs.addRow("Planes:", self.planes_combo)
+        for label, control in (("Model:", self.model_combo), ("Mode:", self.mode_combo), ("Planes:", self.planes_combo)):
+            inputs.addRow(label, control.native)
         layout = QVBoxLayout(self)
         layout.addLayout(inputs)
         layout.addWidget(self.form)
@@ -146,17 +145,13 @@ class EverythingWidget(QWidget):
         self._filter_timer.setSingleShot(True)
         self._filter_timer.setInterval(40)
         self._filter_timer.timeout.connect(self._apply_filter_safely)
-        for slider in (self.iou_slider, self.stability_slider, self.nms_slider):
-            slider.valueChanged.connect(self._schedule_filter)
-        for spin in (self.min_area_spin, self.max_area_spin, self.fragment_spin):
-            spin.valueChanged.connect(self._schedule_filter)
-        for check in (self.fill_holes_check, self.largest_check):
-            check.toggled.connect(self._schedule_filter)
-        self.points_spin.valueChanged.connect(self._on_run_params_changed)
-        self.crop_layers_spin.valueChanged.connect(self._on_run_params_changed)
-        self.model_combo.currentIndexChanged.connect(self._on_run_params_changed)
-        self.model_combo.currentIndexChanged.connect(self._update_mode_controls)
-        self.mode_combo.currentIndexChanged.connect(self._update_mode_controls)
+        for control in (self.iou_slider, self.stability_slider, self.nms_slider, self.min_area_spin, self.max_area_spin,
+                        self.fragment_spin, self.fill_holes_check, self.largest_check):
+            control.changed.connect(self._schedule_filter)
+        for control in (self.points_spin, self.crop_layers_spin, self.model_combo):
+            control.changed.connect(self._on_run_params_changed)
+        self.model_combo.changed.connect(self._update_mode_controls)
+        self.mode_combo.changed.connect(self._update_mode_controls)
         self.run_button.clicked.connect(self.run)
         self.reset_button.clicked.connect(self.settings.reset)
         self.open_button.clicked.connect(self._choose_results)
@@ -174,7 +169,7 @@ class EverythingWidget(QWidget):
 
     def model_name(self) -> str:
         """Registry name of the chosen model."""
-        return str(self.model_combo.currentData())
+        return str(self.model_combo.value)
 
     def seeds_available(self) -> bool:
         """Seeds mode is offered: the model decodes clicks in windows (``crop_to_prompt`` and ``point_prompts``)."""
@@ -184,7 +179,7 @@ class EverythingWidget(QWidget):
         """:data:`MODE_SEEDS` or :data:`MODE_GRID` (grid whenever the model has no seeds mode)."""
         if not self.seeds_available():
             return MODE_GRID
-        return str(self.mode_combo.currentData())
+        return str(self.mode_combo.value)
 
     def _update_mode_controls(self, *_args) -> None:
         self.form.show_mode(self.mode() == MODE_SEEDS, self.seeds_available())
@@ -223,7 +218,7 @@ class EverythingWidget(QWidget):
             return None
         model_name = self.model_name()
         target = (image_layer, geometry, index, model_name)
-        kind = str(self.planes_combo.currentData())
+        kind = str(self.planes_combo.value)
         if kind != PLANES_ONE:
             return self._run_stack(kind, target, config)
         if self.mode() == MODE_SEEDS:
@@ -249,7 +244,7 @@ class EverythingWidget(QWidget):
     def seed_options(self, mode: str = MODE_SEEDS) -> EverythingOptions:
         """The everything-mode options of the form (seed spacing, fewer windows, the grid's settings)."""
         return EverythingOptions(
-            mode=mode, min_distance=int(self.seed_spin.value()), fewer_windows=self.fewer_windows_check.isChecked(),
+            mode=mode, min_distance=int(self.seed_spin.value), fewer_windows=self.fewer_windows_check.value,
             grid=self.params(),
         )
 
@@ -413,7 +408,7 @@ class EverythingWidget(QWidget):
             crop_n_layers=run.candidates.params.crop_n_layers,
         )
         result = run.candidates.filter(params)
-        labels, table = labels_from_result(result, self.min_area_spin.value())
+        labels, table = labels_from_result(result, self.min_area_spin.value)
         layer = self._output_for(run)
         write_plane_labels(layer, run.index, labels, table)
         self.result = result

@@ -14,12 +14,11 @@ import math
 
 import numpy as np
 from napari.layers import Labels
-from qtpy.QtCore import QSignalBlocker, Qt, QTimer, Signal
+from qtpy.QtCore import QSignalBlocker, Qt, QTimer
 from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
     QHeaderView,
@@ -32,98 +31,14 @@ from qtpy.QtWidgets import (
 )
 
 from .._napari.features import BBOX_COLUMNS, MEASURE_MAX_PIXELS, focus_object, read_object_table, review_colormap
+from .layer_picker import LayerComboBox
 
-__all__ = ["LayerComboBox", "ObjectsTableWidget", "TABLE_HEADERS", "numeric_item"]
+__all__ = ["ObjectsTableWidget", "TABLE_HEADERS", "numeric_item"]
 
 #: Column titles of the table.
 TABLE_HEADERS = ("id", "area", "predicted IoU", "stability", "prompt / bbox")
 
 _FLAG_BRUSH = QColor(255, 120, 60, 90)
-
-
-class LayerComboBox(QComboBox):
-    """A combo box listing the viewer's layers of one type, kept in sync with ``viewer.layers``.
-
-    Parameters
-    ----------
-    viewer : napari.Viewer or ViewerModel
-        Viewer whose layer list is followed.
-    layer_type : type
-        ``napari.layers.Image`` or ``napari.layers.Labels`` …
-    allow_none : bool
-        Offer an empty entry (no layer).
-
-    Signals
-    -------
-    layer_changed(object)
-        The chosen layer (or None).
-    """
-
-    layer_changed = Signal(object)
-
-    def __init__(self, viewer, layer_type, parent=None, allow_none: bool = False):
-        super().__init__(parent)
-        self._viewer = viewer
-        self._type = layer_type
-        self._allow_none = allow_none
-        self._layers: list = []
-        self._last = None
-        events = viewer.layers.events
-        for name in ("inserted", "removed", "moved", "reordered"):
-            getattr(events, name).connect(self._refresh)
-        self.currentIndexChanged.connect(self._on_index)
-        self._refresh()
-
-    def layers(self) -> list:
-        """Layers currently offered, in combo order (None for the empty entry)."""
-        return list(self._layers)
-
-    def current_layer(self):
-        """The chosen layer, or None."""
-        index = self.currentIndex()
-        if 0 <= index < len(self._layers):
-            return self._layers[index]
-        return None
-
-    def set_layer(self, layer) -> None:
-        """Choose ``layer`` (must be in the viewer and of the right type)."""
-        for index, candidate in enumerate(self._layers):
-            if candidate is layer:
-                self.setCurrentIndex(index)
-                return
-        raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not offered by this list")
-
-    def _refresh(self, event=None) -> None:
-        try:
-            current = self.current_layer()
-        except RuntimeError:  # the Qt object was deleted; the viewer outlived us
-            return
-        for layer in self._layers:
-            if layer is not None:
-                layer.events.name.disconnect(self._refresh)
-        layers = [layer for layer in self._viewer.layers if isinstance(layer, self._type)]
-        if self._allow_none:
-            layers = [None, *layers]
-        self._layers = layers
-        with QSignalBlocker(self):
-            self.clear()
-            for layer in layers:
-                self.addItem("" if layer is None else layer.name)
-                if layer is not None:
-                    layer.events.name.connect(self._refresh)
-            if current in layers:
-                self.setCurrentIndex(layers.index(current))
-            elif event is not None and getattr(event, "type", "") == "inserted" and isinstance(event.value, self._type):
-                self.setCurrentIndex(layers.index(event.value))
-            elif layers:
-                self.setCurrentIndex(len(layers) - 1 if not self._allow_none else 0)
-        self._on_index()
-
-    def _on_index(self, *_args) -> None:
-        layer = self.current_layer()
-        if layer is not self._last:
-            self._last = layer
-            self.layer_changed.emit(layer)
 
 
 class _SortableItem(QTableWidgetItem):

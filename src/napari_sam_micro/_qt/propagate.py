@@ -94,7 +94,7 @@ def annotator_context(annotator) -> AnnotatorContext:
     return AnnotatorContext(
         annotator.viewer, annotator._image_layer, annotator._geometry, tuple(index), model,
         get_spec(annotator.model_name()), annotator._model_id(), annotator.state.cache, config,
-        layers.output, annotator.overwrite_check.isChecked(), preview,
+        layers.output, annotator.overwrite_check.value, preview,
     )
 
 

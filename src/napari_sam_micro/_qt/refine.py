@@ -20,12 +20,9 @@ from napari.layers import Image, Labels, Points
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QCheckBox,
-    QComboBox,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
-    QLineEdit,
     QPushButton,
     QTableWidget,
     QVBoxLayout,
@@ -42,9 +39,10 @@ from ..core.refine import DEFAULT_STRATEGY, STRATEGIES, label_objects
 from ..models.registry import get_spec
 from ..plane_jobs import refine_job
 from ..session import AnnotationSession
-from .forms import model_combo
+from .forms import check, choice, model_combo, text
 from .job_panel import JobPanel
-from .objects_table import LayerComboBox, numeric_item
+from .layer_picker import LayerComboBox
+from .objects_table import numeric_item
 from .settings import PersistedControls
 from .workers import notify_exception
 
@@ -94,23 +92,20 @@ class RefineWidget(QWidget):
         self.image_combo.setToolTip("Image the labels belong to (the plane shown in the viewer is used).")
         self.labels_combo = LayerComboBox(viewer, Labels, self)
         self.labels_combo.setToolTip("Labels to fix: from Cellpose, StarDist, a threshold, a previous run or drawn by hand.")
-        self.model_combo = model_combo(self, model)
-        self.scope_combo = QComboBox(self)
-        self.scope_combo.addItem("All objects of the plane", SCOPE_ALL)
-        self.scope_combo.addItem("Selected objects", SCOPE_SELECTED)
-        self.scope_combo.setToolTip("Selected: the ids typed below, else the layer's selected label (Objects table).")
-        self.ids_edit = QLineEdit(self)
-        self.ids_edit.setPlaceholderText("ids, e.g. 3, 7, 12 (empty: the selected label)")
-        self.strategy_combo = QComboBox(self)
-        for name in STRATEGIES:
-            self.strategy_combo.addItem(name, name)
-            self.strategy_combo.setItemData(self.strategy_combo.count() - 1, _STRATEGY_TIPS[name], Qt.ToolTipRole)
-        self.strategy_combo.setCurrentIndex(STRATEGIES.index(DEFAULT_STRATEGY))
-        self.strategy_combo.setToolTip("What of each old object the model is given besides its box.")
+        self.model_combo = model_combo(model)
+        self.scope_combo = choice(
+            [("All objects of the plane", SCOPE_ALL), ("Selected objects", SCOPE_SELECTED)],
+            tooltip="Selected: the ids typed below, else the layer's selected label (Objects table).",
+        )
+        self.ids_edit = text("ids, e.g. 3, 7, 12 (empty: the selected label)", "Ids of the objects to refine.")
+        self.strategy_combo = choice(
+            STRATEGIES, DEFAULT_STRATEGY, "What of each old object the model is given besides its box.", item_tooltips=_STRATEGY_TIPS
+        )
         self.clicks_combo = LayerComboBox(viewer, Points, self, allow_none=True)
         self.clicks_combo.setToolTip("Optional points layer: clicks on an object are added to its prompt.")
-        self.overwrite_check = QCheckBox("Overwrite other objects", self)
-        self.overwrite_check.setToolTip("Off: a refined object only grows into background, never into its neighbours.")
+        self.overwrite_check = check(
+            "Overwrite other objects", False, "Off: a refined object only grows into background, never into its neighbours."
+        )
         self.job_panel = JobPanel("Refine", "Re-segment the chosen objects (nothing is written yet).", "Pick an image and its labels.", self)
         self.table = QTableWidget(0, len(RESULT_HEADERS), self)
         self.table.setHorizontalHeaderLabels(RESULT_HEADERS)
@@ -126,8 +121,8 @@ class RefineWidget(QWidget):
         self.reset_button.setToolTip("Put this widget's settings back to their defaults (they are remembered otherwise).")
         form = QFormLayout()
         for label, widget in (
-            ("Image:", self.image_combo), ("Labels:", self.labels_combo), ("Model:", self.model_combo),
-            ("Objects:", self.scope_combo), ("Ids:", self.ids_edit), ("Prompt:", self.strategy_combo),
+            ("Image:", self.image_combo), ("Labels:", self.labels_combo), ("Model:", self.model_combo.native),
+            ("Objects:", self.scope_combo.native), ("Ids:", self.ids_edit.native), ("Prompt:", self.strategy_combo.native),
             ("Extra clicks:", self.clicks_combo),
         ):
             form.addRow(label, widget)
@@ -136,7 +131,7 @@ class RefineWidget(QWidget):
             buttons.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.overwrite_check)
+        layout.addWidget(self.overwrite_check.native)
         layout.addWidget(self.job_panel)
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
@@ -153,7 +148,7 @@ class RefineWidget(QWidget):
 
     # -- run ---------------------------------------------------------------------------------
     def model_name(self) -> str:
-        return str(self.model_combo.currentData())
+        return str(self.model_combo.value)
 
     def _inputs(self):
         image_layer = self.image_combo.current_layer()
@@ -164,8 +159,8 @@ class RefineWidget(QWidget):
         index = current_plane_index(self.viewer, image_layer, geometry)
         labels = labels_plane(labels_layer, index, geometry.plane_hw)
         ids = None
-        if self.scope_combo.currentData() == SCOPE_SELECTED:
-            ids = selected_ids(labels_layer, self.ids_edit.text())
+        if self.scope_combo.value == SCOPE_SELECTED:
+            ids = selected_ids(labels_layer, self.ids_edit.value)
             label_objects(labels, ids)  # unknown ids: said now, not from the worker
         clicks = plane_clicks(self.clicks_combo.current_layer(), labels, index)
         plane = plane_data(image_layer, geometry, index)
@@ -181,7 +176,7 @@ class RefineWidget(QWidget):
             self.job_panel.status.setText(str(err))
             notify_exception(err)
             return None
-        job = self._job(self.model_name(), plane, config, labels, ids, clicks, self.strategy_combo.currentData())
+        job = self._job(self.model_name(), plane, config, labels, ids, clicks, self.strategy_combo.value)
         target = (labels_layer, index)
         return self.job_panel.start(
             job,
@@ -255,7 +250,7 @@ class RefineWidget(QWidget):
             return []
         layer, index = self._target
         try:
-            changed = commit_refinements(layer, index, chosen, overwrite=self.overwrite_check.isChecked())
+            changed = commit_refinements(layer, index, chosen, overwrite=self.overwrite_check.value)
         except UserInputError as err:
             notify_exception(err)
             self.job_panel.status.setText(str(err))

@@ -21,7 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtWidgets import QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox, QLineEdit, QWidget
+from magicgui.widgets import LineEdit
+from magicgui.widgets.bases import ValueWidget
 
 __all__ = ["SETTINGS_ENV", "settings_path", "load_section", "save_section", "PersistedControls"]
 
@@ -90,49 +91,15 @@ def save_section(section: str, values: dict | None) -> None:
             _log.warning("could not save the settings to %s: %s", path, err)
 
 
-def _value(control: QWidget) -> Any:
-    if isinstance(control, QComboBox):
-        data = control.currentData()
-        return data if data is not None else control.currentText()
-    if isinstance(control, QAbstractButton):
-        return bool(control.isChecked())
-    if isinstance(control, QLineEdit):
-        return control.text()
-    return control.value()
-
-
-def _set_value(control: QWidget, value: Any) -> bool:
+def _set_value(control: ValueWidget, value: Any) -> bool:
     """Apply a stored value; False when the control does not accept it (left as it is)."""
     try:
-        if isinstance(control, QComboBox):
-            index = control.findData(value)
-            if index < 0:
-                index = control.findText(str(value))
-            if index < 0:
-                return False
-            control.setCurrentIndex(index)
-        elif isinstance(control, QAbstractButton):
-            control.setChecked(bool(value))
-        elif isinstance(control, QLineEdit):
-            control.setText(str(value))
-            control.editingFinished.emit()
-        else:
-            control.setValue(type(control.value())(value))
+        control.value = value
     except (TypeError, ValueError):
         return False
+    if isinstance(control, LineEdit):  # the widgets read text when editing finishes, not on each key
+        control.native.editingFinished.emit()
     return True
-
-
-def _changed_signal(control: QWidget):
-    if isinstance(control, QComboBox):
-        return control.currentIndexChanged
-    if isinstance(control, QAbstractButton):
-        return control.toggled
-    if isinstance(control, QLineEdit):
-        return control.editingFinished
-    if isinstance(control, (QAbstractSpinBox, QAbstractSlider)) or hasattr(control, "valueChanged"):
-        return control.valueChanged
-    raise TypeError(f"cannot persist a {type(control).__name__}")
 
 
 class PersistedControls:
@@ -142,24 +109,24 @@ class PersistedControls:
     ----------
     section : str
         The widget's key in the file.
-    controls : dict of str to QWidget
-        Combo boxes (item data, else text), check boxes, line edits, spin boxes and sliders.
+    controls : dict of str to magicgui.widgets.bases.ValueWidget
+        The controls (:mod:`.forms`): their ``value`` is stored, their ``changed`` signal saves.
     keep : iterable of str
         Names not restored this time (e.g. a model the caller asked for explicitly); still saved.
     """
 
-    def __init__(self, section: str, controls: dict[str, QWidget], keep=()):
+    def __init__(self, section: str, controls: dict[str, ValueWidget], keep=()):
         self.section = section
         self.controls = dict(controls)
-        self.defaults = {name: _value(c) for name, c in self.controls.items()}
+        self.defaults = self.values()
         self._restoring = False
         self.restore(skip=set(keep))
         for control in self.controls.values():
-            _changed_signal(control).connect(self.save)
+            control.changed.connect(self.save)
 
     def values(self) -> dict:
         """The controls' current values."""
-        return {name: _value(c) for name, c in self.controls.items()}
+        return {name: c.value for name, c in self.controls.items()}
 
     def restore(self, skip=frozenset()) -> None:
         """Apply the stored values (unknown names and refused values are ignored)."""
@@ -171,7 +138,7 @@ class PersistedControls:
         try:
             for name, value in values.items():
                 if not _set_value(self.controls[name], value):
-                    _log.info("setting %s.%s=%r is not offered any more; kept %r", self.section, name, value, _value(self.controls[name]))
+                    _log.info("setting %s.%s=%r is not offered any more; kept %r", self.section, name, value, self.controls[name].value)
         finally:
             self._restoring = False
 
