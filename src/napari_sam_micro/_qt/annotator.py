@@ -32,9 +32,9 @@ from ..core.preprocess import PreprocessConfig
 from ..models.registry import get_spec
 from ..session import AnnotationSession
 from .annotator_form import DEVICES, ModelForm
-from .forms import check, form, spin
 from .annotator_layers import _HELP, KEY_CLEAR, KEY_COMMIT, KEY_NEGATIVE, KeysMixin, LayersMixin, make_unbinder
 from .annotator_prompts import PromptsMixin
+from .forms import check, form, spin
 from .job_panel import JobPanel
 from .propagate import PropagatePanel
 from .layer_picker import LayerComboBox
