@@ -44,6 +44,7 @@ __all__ = [
     "RUNTIMES",
     "resolve_runtime",
     "choose_runtime",
+    "choose_runtime_job",
     "uses_onnx_model",
     "load_model_job",
     "load_model",
@@ -241,35 +242,27 @@ def _openvino_preferred() -> bool:
     return openvino_preferred()
 
 
-def _int8_preferred(model) -> bool:
-    """Whether ``"auto"`` runs ``model``'s int8 encoder: OpenVINO allowed and the int8 graph measured clearly faster here.
-
-    Only models with an int8 encoder (``int8_pays_off``: the shipped micro-tiny in ONNX); the
-    measurement runs once per CPU and is remembered (:func:`~napari_sam_micro.models.openvino_int8.int8_pays_off`).
-    """
+def _openvino_allowed() -> bool:
     from .openvino_encoder import openvino_allowed
 
+    return openvino_allowed()
+
+
+def _int8_preferred(model) -> bool:
+    """Whether ``"auto"`` runs ``model``'s int8 encoder: the int8 graph measured clearly faster here.
+
+    Only models with an int8 encoder (``int8_pays_off``: the shipped micro-tiny in ONNX), with
+    OpenVINO allowed (:func:`_openvino_allowed`, checked by :func:`choose_runtime_job`); the
+    measurement runs once per CPU and is remembered (:func:`~napari_sam_micro.models.openvino_int8.int8_pays_off`).
+    """
     pays_off = getattr(model, "int8_pays_off", None)
-    if pays_off is None or not openvino_allowed():
+    if pays_off is None:
         return False
     try:
         return bool(pays_off())
     except Exception as err:  # noqa: BLE001 - never lose the model over a faster path
         logger.warning("the int8 encoder of %s is not used (%s)", getattr(model, "name", model), err)
         return False
-
-
-def _int8_considered(model, device: str, runtime: str | None) -> bool:
-    """Whether :func:`choose_runtime` will ask :func:`_int8_preferred` (which may time the encoders)."""
-    from .openvino_encoder import openvino_allowed
-
-    return (
-        getattr(model, "int8_encoder_path", None) is not None
-        and resolve_runtime(runtime) == "auto"
-        and str(device) == "cpu"
-        and openvino_allowed()
-        and not _openvino_preferred()
-    )
 
 
 def _torch_installed() -> bool:
@@ -310,7 +303,15 @@ def _onnx_model_job(spec: ModelSpec) -> Generator[Progress, None, PromptableMode
 
 
 def choose_runtime(model, device: str, runtime: str | None = None) -> str:
+    """What runs ``model``'s image encoder (:func:`choose_runtime_job` run to its end)."""
+    return drain(choose_runtime_job(model, device, runtime))
+
+
+def choose_runtime_job(model, device: str, runtime: str | None = None, name: str = "the model") -> Generator[Progress, None, str]:
     """What runs ``model``'s image encoder: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"openvino-int8"``.
+
+    Yields one message (about ``name``) before it may time the int8 encoder, which happens once
+    per computer (:func:`_int8_preferred`).
 
     ONNX Runtime / OpenVINO only for models that support them (LiteMedSAM family:
     ``supports_onnxruntime``) on the CPU; CUDA / MPS and SAM ``vit_*`` stay on torch. ``"auto"``
@@ -328,8 +329,11 @@ def choose_runtime(model, device: str, runtime: str | None = None) -> str:
         return wanted
     if _openvino_preferred():
         return "openvino"
-    if _int8_preferred(model):
-        return "openvino-int8"
+    if _openvino_allowed():
+        if getattr(model, "int8_encoder_path", None) is not None:  # a model that has int8 files: may be timed
+            yield Progress(0, 1, f"Choosing the CPU runtime for {name} (timed on the first load on a computer)")
+        if _int8_preferred(model):
+            return "openvino-int8"
     return "onnxruntime" if _onnxruntime_installed() else "torch"
 
 
@@ -342,9 +346,7 @@ def _apply_runtime_job(model, spec: ModelSpec, device: str, runtime: str | None)
     OpenVINO falls back to ONNX Runtime, ONNX Runtime to what the model had (torch, or the ONNX
     model's ONNX Runtime encoder).
     """
-    if _int8_considered(model, device, runtime):
-        yield Progress(0, 1, f"Choosing the CPU runtime for {spec.display_name} (timed on the first load on a computer)")
-    chosen = choose_runtime(model, device, runtime)
+    chosen = yield from choose_runtime_job(model, device, runtime, spec.display_name)
     tries = {
         "openvino": ("openvino", "onnxruntime"),
         "openvino-int8": ("openvino-int8", "onnxruntime"),
